@@ -1,0 +1,7 @@
+"""Entry point of `python -m ml`."""
+
+import sys
+
+from ml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,231 @@
+"""`python -m ml <step>`: every pipeline step on the command line (DESIGN.md 3b).
+
+Common flags: --config PATH, --reference PATH, --current PATH, --out DIR, --run-key KEY.
+Each command prints ONE JSON document on stdout (logs go to stderr) and exits non-zero on failure
+with the message on stderr. Exit codes: 0 success, 1 the step's outcome stops the run (contract
+failed, gate failed, deploy rolled back), 2 bad usage or config, 3 unexpected error.
+
+Steps share a run through --run-key. `validate-data` starts a new run when none is given and
+remembers it, so `validate-data`, `drift`, `train`... typed one after the other belong together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ml.errors import ConfigError, CTError
+
+log = logging.getLogger("ml")
+
+STEP_COMMANDS = {"validate-data": "validate", "drift": "drift", "performance": "performance", "decide": "decide",
+                 "train": "train", "gates": "gates", "register": "register", "deploy": "deploy",
+                 "promote": "promote"}
+
+
+def _common(parser: argparse.ArgumentParser, run_key: bool = True) -> None:
+    parser.add_argument("--config", required=True, help="model config YAML")
+    parser.add_argument("--reference", help="reference window (overrides data.reference)")
+    parser.add_argument("--current", help="current window (overrides data.current)")
+    parser.add_argument("--out", help="folder to copy the result JSON and reports/artifacts into")
+    if run_key:
+        parser.add_argument("--run-key", help="the run this step belongs to (default: the latest CLI run)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, step in STEP_COMMANDS.items():
+        p = sub.add_parser(name, help=f"run the '{step}' step")
+        _common(p)
+        if step == "decide":
+            p.add_argument("--force-retrain", action="store_true")
+        if step == "deploy":
+            p.add_argument("--version", help="deploy this registered version (default: the run's registered one)")
+    p = sub.add_parser("run", help="the whole pipeline in one process (no Airflow)")
+    _common(p)
+    p.add_argument("--force-retrain", action="store_true")
+    p = sub.add_parser("record", help="build and write the run record of a run")
+    _common(p)
+    p = sub.add_parser("rollback", help="point champion back at the version it replaced and serve it")
+    _common(p, run_key=False)
+    p.add_argument("--reason", default="manual rollback", help="recorded in the alias audit log")
+    p = sub.add_parser("status", help="champion, challenger, alias log and what the local target serves")
+    _common(p, run_key=False)
+    sub.add_parser("serve", help="run the ONNX server (same flags as `python -m ml.serving --help`)",
+                   add_help=False)
+    return parser
+
+
+def _latest_file(name: str) -> Path:
+    from ml.tracking import ct_home
+
+    return ct_home() / "runs" / name / "LATEST"
+
+
+def _run_key(args: argparse.Namespace, config_name: str, new: bool) -> str:
+    if getattr(args, "run_key", None):
+        key = args.run_key
+    elif new:
+        key = "cli-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    else:
+        latest = _latest_file(config_name)
+        if not latest.exists():
+            raise ConfigError("no --run-key given and no earlier CLI run: start with `validate-data` or `run`")
+        key = latest.read_text().strip()
+    latest = _latest_file(config_name)
+    latest.parent.mkdir(parents=True, exist_ok=True)
+    latest.write_text(key)
+    return key
+
+
+def _copy_out(out: str | None, name: str, result: dict[str, Any], files: list[Path]) -> None:
+    if not out:
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    for f in files:
+        if f.exists():
+            shutil.copy2(f, folder / f.name)
+
+
+def _emit(result: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _status(config: Any) -> dict[str, Any]:
+    from ml.deploy.local import is_serving, read_state
+    from ml.registry import CHALLENGER, CHAMPION, alias_log, ensure_registered_model, version_by_alias
+    from ml.tracking import mlflow_client, tracking_uri
+
+    client = mlflow_client()
+    ensure_registered_model(client, config.name)
+    aliases = {}
+    for alias in (CHAMPION, CHALLENGER):
+        mv = version_by_alias(client, config.name, alias)
+        aliases[alias] = str(mv.version) if mv else None
+    state = read_state(config.name)
+    return {"model": config.name, "tracking_uri": tracking_uri(), **aliases,
+            "alias_log": alias_log(client, config.name)[-10:],
+            "local_server": ({"version": state.version, "url": state.url, "pid": state.pid,
+                              "serving": is_serving(state)} if state else None)}
+
+
+def _rollback(config: Any, reason: str) -> dict[str, Any]:
+    from ml.data import read_window
+    from ml.deploy import rollout
+    from ml.deploy.smoke import smoke_records
+    from ml.registry import CHAMPION, move_alias, rollback_target
+    from ml.tracking import mlflow_client
+
+    client = mlflow_client()
+    current, target = rollback_target(client, config.name)
+    records = smoke_records(read_window(config.reference_path).frame, config, config.deploy.smoke_rows)
+    deployed = rollout(config, target, records)
+    if not deployed.ok:
+        raise CTError(f"rollback to v{target} failed to deploy ({deployed.detail}); champion stays v{current}")
+    move = move_alias(client, config.name, CHAMPION, target, reason=f"rollback of v{current}: {reason}",
+                      kind="rollback")
+    return {"model": config.name, "rolled_back_from": current, "champion": target, "move": move.to_dict(),
+            "deployment": deployed.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # hand over to the server's own CLI, flags untouched
+        os.execv(sys.executable, [sys.executable, "-m", "ml.serving", *argv[1:]])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "evidently", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except CTError as exc:
+        log.error("%s", exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return 2 if isinstance(exc, ConfigError) else 1
+    except Exception as exc:  # a bug or an infrastructure failure: keep the traceback in the log
+        log.exception("unexpected error")
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
+        return 3
+
+
+def entrypoint() -> None:
+    """The wheel's `ct-ml` entry point (a Databricks python_wheel_task calls it in-process, with the
+    task's parameters as sys.argv[1:]). A failed step raises SystemExit with its exit code, so the
+    task run fails; success returns normally."""
+    code = main()
+    if code:
+        raise SystemExit(code)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from ml.config import load_config
+
+    config = load_config(args.config).with_data(args.reference, args.current)
+    if args.command == "status":
+        _emit(_status(config))
+        return 0
+    if args.command == "rollback":
+        _emit(_rollback(config, args.reason))
+        return 0
+
+    from ml.pipeline import execute, run_pipeline
+    from ml.record import finish_run, outcome_message
+    from ml.tracking import open_run
+
+    if args.command == "run":
+        key = _run_key(args, config.name, new=True)
+        record = run_pipeline(config, key, force_retrain=args.force_retrain)
+        _emit(record)
+        _copy_out(args.out, "run_record", record, [Path(record["drift"].get("report") or "")])
+        message = outcome_message(record)
+        if message:
+            sys.stderr.write(f"error: {message}\n")
+            return 1
+        return 0
+    step = STEP_COMMANDS.get(args.command, args.command)
+    key = _run_key(args, config.name, new=(step == "validate"))
+    ctx = open_run(config, key)
+    if step == "record":
+        record = finish_run(ctx)
+        _emit(record)
+        _copy_out(args.out, "run_record", record, [])
+        return 1 if outcome_message(record) else 0
+    kwargs: dict[str, Any] = {}
+    if step == "decide":
+        kwargs["force_retrain"] = args.force_retrain
+    if step == "deploy" and args.version:
+        from ml.data import read_window
+        from ml.deploy import rollout
+        from ml.deploy.smoke import smoke_records
+
+        records = smoke_records(read_window(config.reference_path).frame, config, config.deploy.smoke_rows)
+        result = rollout(config, args.version, records).to_dict()
+        _emit(result)
+        return 0 if result["status"] in ("deployed", "unchanged") else 1
+    try:
+        result = execute(step, ctx, **kwargs)
+    except CTError:
+        stored = ctx.load(step)
+        if stored is not None:  # the outcome (e.g. a rolled-back deploy) as JSON, then exit code 1
+            _emit({"run_key": key, **stored})
+        raise
+    _emit({"run_key": key, **result})
+    files = [ctx.work_dir / "reports" / "drift_report.html"] if step == "drift" else []
+    if step == "train":
+        files = [ctx.work_dir / "challenger" / "model.onnx", ctx.work_dir / "challenger" / "holdout.parquet"]
+    _copy_out(args.out, args.command, result, files)
+    return 0

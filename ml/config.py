@@ -1,0 +1,334 @@
+"""The model config contract: one YAML file per model, the only thing a user writes to onboard one.
+
+`load_config(path)` reads and validates the file. Unknown keys, missing keys and wrong types are
+rejected with a message that names the key (``gates.max_regression: expected a number, got 'x'``).
+Relative data paths are resolved against the directory of the config file, so a config and its data
+can move together. See README "Configuration" for every key and its default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ml.errors import ConfigError
+
+METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "precision", "recall", "log_loss",
+           "average_precision")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Features(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class DataSources(_Strict):
+    reference: str
+    current: str | None = None
+
+
+class ColumnRule(_Strict):
+    min: float | None = None
+    max: float | None = None
+    max_null_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    allowed: list[str | int | bool] | None = None
+
+
+class ContractConfig(_Strict):
+    min_rows: int = Field(default=20, ge=1)
+    max_null_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    on_unseen_category: Literal["fail", "warn"] = "fail"
+    columns: dict[str, ColumnRule] = Field(default_factory=dict)
+
+
+class ModelSpec(_Strict):
+    estimator: str = "logistic_regression"
+    params: dict[str, Any] = Field(default_factory=dict)
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_REF_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class KubernetesTraining(_Strict):
+    """Backend `kubernetes`: a KubernetesPodOperator pod runs `python -m ml train` in the ml image."""
+
+    #: Airflow connection of the cluster (a missing `kubernetes_default` means in-cluster/kubeconfig).
+    connection_id: str = "kubernetes_default"
+    image: str = "ct-ml:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    namespace: str = "ml"
+    service_account: str = "ct-trainer"
+    cpu: str = "1"
+    memory: str = "2Gi"
+    #: Secret whose keys become the pod's environment (MLFLOW_TRACKING_URI, artifact-store credentials).
+    mlflow_secret: str = "mlflow-credentials"
+    #: This config file as the pod sees it; default /app/configs/<file name> (baked into the image).
+    config_path: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    #: Hard limit on the pod's run time (activeDeadlineSeconds).
+    timeout_s: int = Field(default=3600, ge=60)
+    #: How long the pod may stay Pending (image pull, scheduling) before the task fails.
+    startup_timeout_s: int = Field(default=600, ge=10)
+
+
+class DatabricksTraining(_Strict):
+    """Backend `databricks`: a one-off job run (runs/submit) on a new job cluster runs the same
+    entrypoint from the project wheel (python_wheel_task)."""
+
+    connection_id: str = "databricks_default"
+    spark_version: str = "15.4.x-cpu-ml-scala2.12"
+    node_type_id: str = "i3.xlarge"
+    #: 0 = a single-node cluster: training is scikit-learn on the driver, workers would sit idle.
+    num_workers: int = Field(default=0, ge=0)
+    policy_id: str | None = None
+    #: The project wheel (`python -m build --wheel`), e.g. /Volumes/<catalog>/<schema>/ct/wheels/...whl
+    wheel: str | None = None
+    #: Pinned dependencies (docker/requirements-ml.txt uploaded next to the wheel); None = the wheel's own.
+    requirements: str | None = None
+    package_name: str = "ct-retraining"
+    entry_point: str = "ct-ml"
+    #: This config file as the job cluster sees it (a /Volumes/... or /Workspace/... path).
+    config_path: str | None = None
+    #: Environment variable -> Databricks secret "scope/key", passed as {{secrets/scope/key}}.
+    env_secrets: dict[str, str] = Field(
+        default_factory=lambda: {"MLFLOW_TRACKING_URI": "ct/mlflow-tracking-uri"})
+    timeout_s: int = Field(default=7200, ge=60)
+
+    @field_validator("env_secrets")
+    @classmethod
+    def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            if not _ENV_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if not _SECRET_REF_RE.match(ref):
+                raise ValueError(f"{name}: expected a Databricks secret as 'scope/key', got {ref!r}")
+        return value
+
+
+class TrainingConfig(_Strict):
+    backend: Literal["local", "kubernetes", "databricks"] = "local"
+    #: Which rows to learn from: all = reference + labelled current; current = labelled current only;
+    #: auto = all, but on a performance-decay trigger fit both and keep the better on the holdout.
+    window: Literal["auto", "all", "current"] = "auto"
+    eval_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
+    current_weight: float = Field(default=1.0, gt=0.0)
+    seed: int = 42
+    kubernetes: KubernetesTraining = Field(default_factory=KubernetesTraining)
+    databricks: DatabricksTraining = Field(default_factory=DatabricksTraining)
+
+
+class ColumnDrift(_Strict):
+    method: str | None = None
+    threshold: float | None = Field(default=None, gt=0.0)
+
+
+class DriftConfig(_Strict):
+    method: str | None = None
+    threshold: float | None = Field(default=None, gt=0.0)
+    drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    columns: dict[str, ColumnDrift] = Field(default_factory=dict)
+
+
+class PerformanceConfig(_Strict):
+    metric: Literal[METRICS] = "roc_auc"  # type: ignore[valid-type]
+    max_decay: float = Field(default=0.05, ge=0.0)
+    min_labelled_rows: int = Field(default=100, ge=1)
+
+
+class GatesConfig(_Strict):
+    min_metrics: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.65})
+    max_regression: float = Field(default=0.02, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    bootstrap_rounds: int = Field(default=500, ge=50)
+    fairness_min_ratio: float = Field(default=0.8, ge=0.0, le=1.0)
+    fairness_min_group_size: int = Field(default=30, ge=1)
+    parity_tolerance: float = Field(default=1e-4, gt=0.0)
+    max_latency_ms: float = Field(default=10.0, gt=0.0)
+    max_size_mb: float = Field(default=50.0, gt=0.0)
+
+    @field_validator("min_metrics")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; available: {list(METRICS)}")
+        return value
+
+
+class KubernetesDeploy(_Strict):
+    """Target `kubernetes`: a KubernetesPodOperator pod runs the deployer (`python -m ml deploy`), which
+    patches the serving Deployment to the new version, waits, smoke-tests and rolls back on failure."""
+
+    connection_id: str = "kubernetes_default"
+    namespace: str = "ml"
+    deployment: str = "ct-serving"
+    service: str = "ct-serving"
+    container: str = "serving"
+    service_port: int = Field(default=8808, ge=1, le=65535)
+    #: Where the smoke test reaches the Service; default http://<service>.<namespace>.svc:<service_port>.
+    service_url: str | None = None
+    deployer_image: str = "ct-ml:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str = "ct-deployer"
+    cpu: str = "250m"
+    memory: str = "1Gi"
+    rollout_timeout_s: int = Field(default=300, ge=10)
+    poll_interval_s: float = Field(default=2.0, gt=0.0, le=60.0)
+    mlflow_secret: str = "mlflow-credentials"
+    #: This config file as the deployer pod sees it; default /app/configs/<file name>.
+    config_path: str | None = None
+
+
+class DeployConfig(_Strict):
+    target: Literal["local", "kubernetes"] = "local"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8808, ge=1, le=65535)
+    smoke_rows: int = Field(default=5, ge=1, le=100)
+    startup_timeout_s: float = Field(default=60.0, gt=0.0)
+    kubernetes: KubernetesDeploy = Field(default_factory=KubernetesDeploy)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        if value not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("the local target binds to loopback only (127.0.0.1, localhost or ::1)")
+        return value
+
+
+class ModelConfig(_Strict):
+    name: str
+    task: Literal["binary", "multiclass"] = "binary"
+    target: str
+    positive_class: str | int | bool | None = None
+    features: Features
+    sensitive_feature: str | None = None
+    data: DataSources
+    contract: ContractConfig = Field(default_factory=ContractConfig)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    #: Where the config was read from (not a YAML key); relative data paths resolve against it.
+    source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("must start with a letter or digit and use only letters, digits, '_', '.', '-'"
+                             " (max 100 characters): it names the MLflow model and folders")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        feats = self.features.all
+        if not feats:
+            raise ValueError("features: list at least one numeric or categorical feature")
+        dupes = sorted({f for f in feats if feats.count(f) > 1})
+        if dupes:
+            raise ValueError(f"features: {dupes} listed more than once")
+        if self.target in feats:
+            raise ValueError(f"target: '{self.target}' is also listed as a feature")
+        if self.task == "binary" and self.positive_class is None:
+            raise ValueError("positive_class: required when task is binary")
+        if self.sensitive_feature == self.target:
+            raise ValueError("sensitive_feature: must not be the target")
+        known = {*feats, self.target}
+        if self.sensitive_feature:
+            known.add(self.sensitive_feature)
+        sections = (("contract.columns", self.contract.columns), ("drift.columns", self.drift.columns))
+        for section, cols in sections:
+            stray = sorted(set(cols) - known)
+            if stray:
+                raise ValueError(f"{section}: {stray} are not features, the target or the sensitive feature")
+        return self
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return self.features.all
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Columns every window must carry (the target is optional in the current window)."""
+        cols = list(self.features.all)
+        if self.sensitive_feature and self.sensitive_feature not in cols:
+            cols.append(self.sensitive_feature)
+        return cols
+
+    def resolve(self, path: str | None) -> str | None:
+        """Resolve a data path: URIs pass through, relative paths are relative to the config file."""
+        if path is None or "://" in path or Path(path).is_absolute() or self.source is None:
+            return path
+        return str((Path(self.source).parent / path).resolve())
+
+    def with_data(self, reference: str | None = None, current: str | None = None) -> ModelConfig:
+        """A copy whose data paths are overridden (CLI flags, DAG params); None keeps the config's.
+
+        Overrides are paths as the caller typed them, so they resolve against the working directory.
+        """
+        update = {key: value if "://" in value else str(Path(value).resolve())
+                  for key, value in (("reference", reference), ("current", current)) if value}
+        return self.model_copy(update={"data": self.data.model_copy(update=update)})
+
+    @property
+    def reference_path(self) -> str:
+        return self.resolve(self.data.reference)  # type: ignore[return-value]
+
+    @property
+    def current_path(self) -> str | None:
+        return self.resolve(self.data.current)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if not loc:  # cross-field checks already start their message with the key
+        return error["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key (check the spelling; see README 'Configuration')"
+    if kind == "missing":
+        return f"{loc}: missing required key"
+    msg = error["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind in ("literal_error",):
+        return f"{loc}: {msg} (got {error.get('input')!r})"
+    return f"{loc}: {msg}"
+
+
+def parse_config(raw: Any, source: str = "<config>") -> ModelConfig:
+    """Validate an already-parsed YAML document against the contract."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        return ModelConfig.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"invalid config {source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Read and validate a model config YAML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found (pass --config or the DAG param 'config')")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    return parse_config(raw, source=str(p.resolve()))

@@ -1,0 +1,1 @@
+"""Seeded synthetic datasets for the demo use cases (no Airflow import)."""

@@ -1,0 +1,52 @@
+"""Project errors: one base class, one subclass per kind of failure.
+
+Every message names the offending thing (key, column, gate, version) and says what to do, because
+these messages end up as the failure text of an Airflow task or a CLI exit.
+"""
+
+from __future__ import annotations
+
+
+class CTError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    #: Whether retrying the same step can help (network, registry races). Bad input never can.
+    retryable: bool = False
+
+
+class ConfigError(CTError):
+    """The model config file is missing, unreadable or violates the config contract."""
+
+
+class DataError(CTError):
+    """A data window cannot be read (missing file, unknown format, unreadable content)."""
+
+
+class ContractError(CTError):
+    """A data window violates the data contract; `problems` lists every violation found."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class TrainingError(CTError):
+    """Training or ONNX export failed."""
+
+
+class GateError(CTError):
+    """Validation gates could not be evaluated (not: a gate that evaluated to 'failed')."""
+
+
+class RegistryError(CTError):
+    """The MLflow registry is in a state the operation cannot work with."""
+
+    retryable = True
+
+
+class DeployError(CTError):
+    """Deploying, smoke-testing or rolling back a model version failed."""
+
+
+class StateError(CTError):
+    """A step needs the result of an earlier step of the same run, and it is missing."""

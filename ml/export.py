@@ -1,0 +1,153 @@
+"""ONNX export and loading: the served artifact is one self-contained .onnx file.
+
+`to_onnx` converts the fitted pipeline with skl2onnx (one [n, 1] input per feature, float32 for
+numerics and string for categoricals, ZipMap off so the output is a plain probability tensor) and
+stamps metadata props the server needs to validate requests without the config: feature lists,
+class labels, threshold, model name. `OnnxModel.load` verifies the sha256 and refuses external data.
+Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ml.errors import TrainingError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from ml.config import ModelConfig
+
+META_PREFIX = "ct."
+
+
+def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str]) -> bytes:
+    """Serialised ONNX model of a fitted pipeline, with metadata props."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    inputs = [(c, FloatTensorType([None, 1])) for c in config.features.numeric]
+    inputs += [(c, StringTensorType([None, 1])) for c in config.features.categorical]
+    classifier = pipeline.steps[-1][1]
+    try:
+        model = convert_sklearn(pipeline, initial_types=inputs, options={id(classifier): {"zipmap": False}})
+    except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError for unsupported ops
+        raise TrainingError(f"ONNX export of {config.model.estimator} failed: {type(exc).__name__}: {exc}") from None
+    # skl2onnx renames inputs that are not identifiers ("m00 score" -> "m00_score"): keep the mapping.
+    input_names = [i.name for i in model.graph.input]
+    if len(input_names) != len(inputs):
+        raise TrainingError(f"ONNX export produced {len(input_names)} inputs for {len(inputs)} features")
+    meta = {
+        "name": config.name,
+        "inputs": json.dumps(input_names),
+        "task": config.task,
+        "target": config.target,
+        "numeric": json.dumps(list(config.features.numeric)),
+        "categorical": json.dumps(list(config.features.categorical)),
+        "classes": json.dumps(classes),
+        "threshold": str(config.model.threshold),
+        "estimator": config.model.estimator,
+    }
+    for key, value in meta.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = META_PREFIX + key, value
+    model.producer_name = "ct-retraining"
+    return model.SerializeToString()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModelIntegrityError(Exception):
+    """The ONNX file is not the one the registry vouches for, or is not self-contained."""
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """An onnxruntime session plus the metadata stamped by `to_onnx`."""
+
+    session: Any
+    sha256: str
+    size_bytes: int
+    numeric: list[str]
+    categorical: list[str]
+    classes: list[str]
+    threshold: float
+    meta: dict[str, str]
+    #: feature name -> graph input name, only where they differ
+    renamed: dict[str, str]
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_sha256: str | None = None, threads: int = 1) -> OnnxModel:
+        import onnx
+        import onnxruntime as ort
+
+        digest = sha256_bytes(data)
+        if expected_sha256 and digest != expected_sha256:
+            raise ModelIntegrityError(f"sha256 mismatch: file has {digest}, registry expects {expected_sha256}")
+        proto = onnx.load_model_from_string(data)
+        external = [t.name for t in proto.graph.initializer
+                    if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data)]
+        if external:
+            raise ModelIntegrityError(f"model references external data for {external[:3]}: "
+                                      "only self-contained ONNX files are served")
+        meta = {p.key.removeprefix(META_PREFIX): p.value for p in proto.metadata_props
+                if p.key.startswith(META_PREFIX)}
+        missing = [k for k in ("numeric", "categorical", "classes") if k not in meta]
+        if missing:
+            raise ModelIntegrityError(f"model lacks metadata props {missing}: not exported by this project")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        numeric, categorical = json.loads(meta["numeric"]), json.loads(meta["categorical"])
+        graph_inputs = json.loads(meta["inputs"]) if "inputs" in meta else [*numeric, *categorical]
+        renamed = {f: i for f, i in zip([*numeric, *categorical], graph_inputs, strict=True) if f != i}
+        return cls(session=session, sha256=digest, size_bytes=len(data), numeric=numeric, categorical=categorical,
+                   classes=json.loads(meta["classes"]), threshold=float(meta.get("threshold", 0.5)), meta=meta,
+                   renamed=renamed)
+
+    @classmethod
+    def load(cls, path: str | Path, expected_sha256: str | None = None, threads: int = 1) -> OnnxModel:
+        return cls.from_bytes(Path(path).read_bytes(), expected_sha256, threads)
+
+    def predict_proba_feed(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities for {feature name: [n, 1] array} (graph input renames applied here)."""
+        if self.renamed:
+            feed = {self.renamed.get(name, name): value for name, value in feed.items()}
+        return self.session.run(["probabilities"], feed)[0]
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Probabilities for a canonical model frame (see ml.data.model_frame)."""
+        import numpy as np
+
+        feed = {c: frame[c].to_numpy(dtype=np.float32).reshape(-1, 1) for c in self.numeric}
+        feed |= {c: frame[c].to_numpy(dtype=object).reshape(-1, 1) for c in self.categorical}
+        return self.predict_proba_feed(feed)
+
+    def single_row_latency_ms(self, frame: pd.DataFrame, rounds: int = 200, quantile: float = 0.99) -> float:
+        """A latency quantile of one-row predictions, in-process (the serving budget's floor)."""
+        import numpy as np
+
+        rows = [frame.iloc[[i % len(frame)]] for i in range(min(rounds, 50))]
+        feeds = [{c: r[c].to_numpy(dtype=np.float32).reshape(1, 1) for c in self.numeric}
+                 | {c: r[c].to_numpy(dtype=object).reshape(1, 1) for c in self.categorical} for r in rows]
+        for feed in feeds[:10]:  # warm-up
+            self.predict_proba_feed(feed)
+        timings = []
+        for i in range(rounds):
+            start = time.perf_counter()
+            self.predict_proba_feed(feeds[i % len(feeds)])
+            timings.append((time.perf_counter() - start) * 1000)
+        return float(np.quantile(timings, quantile))

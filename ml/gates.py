@@ -1,0 +1,200 @@
+"""Validation gates: every one must pass before a challenger is registered; each result is recorded.
+
+Gates (pure functions over arrays, so they are tested without MLflow or files):
+- `min_<metric>`: absolute thresholds on the holdout (`gates.min_metrics`).
+- `challenger_vs_champion`: paired bootstrap of (challenger - champion) on the same holdout rows,
+  the newest labelled data. Passes when the lower confidence bound is >= -`gates.max_regression`
+  (a non-inferiority test, not a single point). With no champion (the first run) the challenger must
+  instead beat a no-skill baseline (the class prior) with the lower bound above zero: the bootstrap
+  case is explicit, not a rubber stamp.
+- `fairness`: disparate impact (min / max positive-prediction rate over `sensitive_feature` groups
+  with at least `gates.fairness_min_group_size` rows) must not be below `gates.fairness_min_ratio`
+  with `gates.confidence` (upper bound of the Katz interval of lowest/highest rate >= the ratio; the point estimate
+  is recorded).
+- `onnx_parity`: max |sklearn - onnxruntime| probability difference <= `gates.parity_tolerance`.
+- `latency`: p99 single-row onnxruntime latency in-process <= `gates.max_latency_ms`.
+- `size`: ONNX file size <= `gates.max_size_mb`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ml.metrics import HIGHER_IS_BETTER, predict_labels, score
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from ml.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateReport:
+    gates: dict[str, GateResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates.values())
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, g in self.gates.items() if not g.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failed": self.failed,
+                "gates": {name: g.to_dict() for name, g in self.gates.items()}}
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def min_metric_gate(metric: str, value: float, threshold: float) -> GateResult:
+    if math.isnan(value):
+        return GateResult(False, None, threshold, f"{metric} is undefined on the holdout (a single class?)")
+    higher = HIGHER_IS_BETTER[metric]
+    passed = value >= threshold if higher else value <= threshold
+    relation = ">=" if higher else "<="
+    return GateResult(passed, value, threshold, f"{metric} {value:.4f} must be {relation} {threshold}")
+
+
+def paired_bootstrap(metric: str, y: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarray, rounds: int,
+                     confidence: float, seed: int, threshold: float = 0.5) -> tuple[float, float, float]:
+    """(point estimate, lower, upper) of metric(a) - metric(b), sign-flipped for lower-is-better metrics
+    so that positive always means 'a is better'. Resamples rows jointly (paired)."""
+    import numpy as np
+
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    point = sign * (score(metric, y, proba_a, threshold) - score(metric, y, proba_b, threshold))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(rounds):
+        idx = rng.integers(0, len(y), len(y))
+        d = score(metric, y[idx], proba_a[idx], threshold) - score(metric, y[idx], proba_b[idx], threshold)
+        if not math.isnan(d):
+            diffs.append(sign * d)
+    if not diffs:
+        return point, math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(point), float(lo), float(hi)
+
+
+def challenger_vs_champion_gate(metric: str, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
+                                champion_version: str | None, max_regression: float, rounds: int,
+                                confidence: float, seed: int, threshold: float = 0.5) -> GateResult:
+    import numpy as np
+
+    pct = f"{confidence:.0%}"
+    if champion is None:
+        prior = np.bincount(y, minlength=challenger.shape[1]) / len(y)
+        baseline = np.tile(prior, (len(y), 1))
+        point, lo, hi = paired_bootstrap(metric, y, challenger, baseline, rounds, confidence, seed, threshold)
+        passed = not math.isnan(lo) and lo > 0
+        return GateResult(passed, _finite(point), 0.0,
+                          f"bootstrap (no champion yet): {metric} gain over the no-skill baseline {point:+.4f}, "
+                          f"{pct} CI [{lo:+.4f}, {hi:+.4f}] must lie above 0")
+    point, lo, hi = paired_bootstrap(metric, y, challenger, champion, rounds, confidence, seed, threshold)
+    passed = not math.isnan(lo) and lo >= -max_regression
+    return GateResult(passed, _finite(point), -max_regression,
+                      f"{metric} challenger - champion v{champion_version} = {point:+.4f}, {pct} CI "
+                      f"[{lo:+.4f}, {hi:+.4f}]; lower bound must be >= {-max_regression:+.4f}")
+
+
+def rate_ratio_interval(pos_a: float, n_a: int, pos_b: float, n_b: int, confidence: float) -> tuple[float, float]:
+    """Katz log confidence interval of (pos_a/n_a) / (pos_b/n_b), with the Haldane-Anscombe +0.5
+    correction when a count is zero."""
+    from statistics import NormalDist
+
+    if min(pos_a, pos_b, n_a - pos_a, n_b - pos_b) == 0:
+        pos_a, pos_b, n_a, n_b = pos_a + 0.5, pos_b + 0.5, n_a + 1, n_b + 1
+    log_ratio = math.log((pos_a / n_a) / (pos_b / n_b))
+    se = math.sqrt(1 / pos_a - 1 / n_a + 1 / pos_b - 1 / n_b)
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    return math.exp(log_ratio - z * se), math.exp(log_ratio + z * se)
+
+
+def fairness_gate(groups: pd.Series | None, proba: np.ndarray, threshold: float, min_ratio: float,
+                  min_group_size: int, feature: str | None, confidence: float = 0.95) -> GateResult:
+    """Disparate impact = lowest / highest positive-prediction rate over `feature` groups with at least
+    min_group_size rows. It fails when the ratio is below min_ratio with the given confidence (upper
+    bound of the Katz interval of the two rates < min_ratio): on a holdout of a few hundred rows the
+    point estimate alone swings by +-0.15 for a perfectly fair model, so a bare threshold would flap."""
+    import pandas as pd
+
+    if feature is None or groups is None:
+        return GateResult(True, None, min_ratio, "not evaluated: no sensitive_feature in the config")
+    if proba.shape[1] != 2:
+        return GateResult(True, None, min_ratio, "not evaluated: disparate impact is defined for binary tasks")
+    positive = pd.Series(predict_labels(proba, threshold), index=groups.index)
+    stats = positive.groupby(groups.astype(str)).agg(["sum", "size"])
+    stats = stats[stats["size"] >= min_group_size]
+    if len(stats) < 2:
+        return GateResult(True, None, min_ratio, f"not evaluated: fewer than 2 '{feature}' groups with "
+                          f">= {min_group_size} rows in the holdout")
+    rates = (stats["sum"] / stats["size"]).sort_values()
+    low, high = rates.index[0], rates.index[-1]
+    if rates[high] == 0:
+        return GateResult(True, 1.0, min_ratio, f"no group of '{feature}' receives a positive prediction")
+    ratio = float(rates[low] / rates[high])
+    lo, hi = rate_ratio_interval(stats.loc[low, "sum"], stats.loc[low, "size"], stats.loc[high, "sum"],
+                                 stats.loc[high, "size"], confidence)
+    listed = ", ".join(f"{g}={r:.3f}" for g, r in rates.items())
+    return GateResult(hi >= min_ratio, ratio, min_ratio,
+                      f"disparate impact on '{feature}' = {ratio:.3f} ({low} vs {high}), {confidence:.0%} CI "
+                      f"[{lo:.3f}, {hi:.3f}]; fails when the upper bound is below {min_ratio} "
+                      f"(positive rates: {listed})")
+
+
+def parity_gate(sklearn_proba: np.ndarray, onnx_proba: np.ndarray, tolerance: float) -> GateResult:
+    import numpy as np
+
+    if sklearn_proba.shape != onnx_proba.shape:
+        return GateResult(False, None, tolerance,
+                          f"output shapes differ: sklearn {sklearn_proba.shape} vs onnx {onnx_proba.shape}")
+    diff = float(np.abs(sklearn_proba - onnx_proba).max()) if len(onnx_proba) else 0.0
+    return GateResult(diff <= tolerance, diff, tolerance,
+                      f"max |sklearn - onnxruntime| probability difference over {len(onnx_proba)} rows")
+
+
+def latency_gate(p99_ms: float, budget_ms: float) -> GateResult:
+    return GateResult(p99_ms <= budget_ms, p99_ms, budget_ms, "p99 single-row onnxruntime latency (ms), in-process")
+
+
+def size_gate(size_bytes: int, max_mb: float) -> GateResult:
+    size_mb = size_bytes / 1e6
+    return GateResult(size_mb <= max_mb, size_mb, max_mb, "ONNX file size (MB)")
+
+
+def evaluate_gates(config: ModelConfig, *, y: np.ndarray, challenger_proba: np.ndarray,
+                   sklearn_proba: np.ndarray, champion_proba: np.ndarray | None, champion_version: str | None,
+                   groups: pd.Series | None, latency_p99_ms: float, size_bytes: int) -> GateReport:
+    """All gates, in a fixed order. Inputs are the holdout labels and each model's probabilities."""
+    g = config.gates
+    threshold = config.model.threshold
+    results: dict[str, GateResult] = {}
+    for metric, minimum in g.min_metrics.items():
+        results[f"min_{metric}"] = min_metric_gate(metric, score(metric, y, challenger_proba, threshold), minimum)
+    results["challenger_vs_champion"] = challenger_vs_champion_gate(
+        config.performance.metric, y, challenger_proba, champion_proba, champion_version, g.max_regression,
+        g.bootstrap_rounds, g.confidence, config.training.seed, threshold)
+    results["fairness"] = fairness_gate(groups, challenger_proba, threshold, g.fairness_min_ratio,
+                                        g.fairness_min_group_size, config.sensitive_feature, g.confidence)
+    results["onnx_parity"] = parity_gate(sklearn_proba, challenger_proba, g.parity_tolerance)
+    results["latency"] = latency_gate(latency_p99_ms, g.max_latency_ms)
+    results["size"] = size_gate(size_bytes, g.max_size_mb)
+    return GateReport(results)

@@ -1,0 +1,62 @@
+"""Classification metrics on predicted probabilities, by name (the names config files use).
+
+Every metric takes (y_true as class indices, proba as an [n, k] array, threshold) so gates, the
+performance check and training report the same numbers. `HIGHER_IS_BETTER` says which way is good.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "f1": True,
+                    "precision": True, "recall": True, "log_loss": False, "average_precision": True}
+
+
+def predict_labels(proba: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class indices: binary uses the threshold on the positive column, multiclass the argmax."""
+    import numpy as np
+
+    if proba.shape[1] == 2:
+        return (proba[:, 1] >= threshold).astype(np.int64)
+    return proba.argmax(axis=1)
+
+
+def score(name: str, y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> float:
+    """One metric; NaN when it is undefined on this sample (e.g. AUC with a single class)."""
+    import numpy as np
+    from sklearn import metrics as m
+
+    if name not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric '{name}'; available: {sorted(HIGHER_IS_BETTER)}")
+    binary = proba.shape[1] == 2
+    n_classes = len(np.unique(y_true))
+    if name == "roc_auc":
+        if n_classes < 2:
+            return math.nan
+        if binary:
+            return float(m.roc_auc_score(y_true, proba[:, 1]))
+        return float(m.roc_auc_score(y_true, proba, multi_class="ovr", labels=list(range(proba.shape[1]))))
+    if name == "average_precision":
+        if n_classes < 2:
+            return math.nan
+        if binary:
+            return float(m.average_precision_score(y_true, proba[:, 1]))
+        return float(m.average_precision_score(np.eye(proba.shape[1])[y_true], proba, average="macro"))
+    if name == "log_loss":
+        return float(m.log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=list(range(proba.shape[1]))))
+    y_pred = predict_labels(proba, threshold)
+    average = "binary" if binary else "macro"
+    if name == "accuracy":
+        return float(m.accuracy_score(y_true, y_pred))
+    if name == "balanced_accuracy":
+        return float(m.balanced_accuracy_score(y_true, y_pred))
+    fn = {"f1": m.f1_score, "precision": m.precision_score, "recall": m.recall_score}[name]
+    return float(fn(y_true, y_pred, average=average, zero_division=0))
+
+
+def all_scores(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    return {name: score(name, y_true, proba, threshold) for name in HIGHER_IS_BETTER}

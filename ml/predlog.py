@@ -1,0 +1,326 @@
+"""The prediction log: what the server answered, and the labels that came back later.
+
+The serving process appends one JSON line per prediction and one per feedback label; the drift and
+performance step reads them back as the "current" window of the next run. This module owns the
+format on both sides, so writer and reader cannot disagree.
+
+Layout (one file per serving process, so several workers or replicas never share a file)::
+
+    <root>/predictions/date=YYYY-MM-DD/<host>-<pid>.jsonl
+    <root>/feedback/date=YYYY-MM-DD/<host>-<pid>.jsonl
+
+Prediction line::
+
+    {"prediction_id": "3f2a...", "timestamp": "2025-06-01T12:00:00.123456+00:00",
+     "model_version": "7", "features": {"age": 41, "department": "Sales"},
+     "output": {"label": "1", "probabilities": {"0": 0.28, "1": 0.72}}}
+
+Feedback line: ``{"prediction_id": "3f2a...", "timestamp": "...", "label": "1"}``.
+The date partition is the UTC date of the line's timestamp.
+
+Writing never blocks a request: `PredictionLogWriter.log_prediction` appends to a bounded in-memory
+queue; a background thread writes in batches every `flush_interval_s` and flushes, and `close()`
+drains the queue and fsyncs. When the queue is full the record is dropped and counted (the caller
+decides whether that is acceptable: the server answers predictions anyway, but refuses feedback).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import socket
+import threading
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from ml.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+#: Columns `read_prediction_log` adds next to the features.
+META_COLUMNS = ("prediction_id", "timestamp", "model_version", "prediction")
+_PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_MAX_BATCH_LINES = 10_000
+
+
+def is_prediction_log(path: str | Path) -> bool:
+    """Whether `path` is the root folder of a prediction log (it holds a `predictions/` folder)."""
+    p = Path(str(path).removeprefix("file://"))
+    return p.is_dir() and (p / PREDICTIONS).is_dir()
+
+
+def _file_stem() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+class PredictionLogWriter:
+    """Append-only JSON-lines writer of predictions and feedback, fed through a bounded queue.
+
+    `log_prediction` / `log_feedback` are safe to call from the event loop: they only append a tuple
+    to a deque. One daemon thread (started by `start()`) encodes and writes; `close()` drains
+    everything still queued, fsyncs and closes the files. The counters (`depth`, `dropped`,
+    `written`, `write_errors`) feed the server's /metrics.
+    """
+
+    def __init__(self, root: str | Path, queue_size: int = 65_536, flush_interval_s: float = 0.05) -> None:
+        self.root = Path(root)
+        self.queue_size = queue_size
+        self.flush_interval_s = flush_interval_s
+        self.dropped = 0
+        self.written = 0
+        self.write_errors = 0
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._files: dict[tuple[str, str], IO[bytes]] = {}
+        self._stem = _file_stem()
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        """Records queued and not yet written."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Create the folders (failing early on a read-only path) and start the writer thread."""
+        if self._thread is not None:
+            return
+        for kind in (PREDICTIONS, FEEDBACK):
+            (self.root / kind).mkdir(parents=True, exist_ok=True)
+        self._stem = _file_stem()  # the pid of the process that writes, not of the one that built us
+        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._thread.start()
+        log.info("prediction log: writing to %s/{%s,%s}/date=*/%s.jsonl", self.root, PREDICTIONS, FEEDBACK,
+                 self._stem)
+
+    def _enqueue(self, item: tuple[Any, ...]) -> bool:
+        if self._closed or len(self._queue) >= self.queue_size:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("prediction log: %s, %d record(s) dropped so far",
+                            "writer closed" if self._closed else f"queue full ({self.queue_size})", self.dropped)
+            return False
+        self._queue.append(item)
+        return True
+
+    def log_prediction(self, prediction_id: str, timestamp: float, model_version: str,
+                       features: dict[str, Any], label: str, probabilities: dict[str, float]) -> bool:
+        """Queue one prediction (timestamp: POSIX seconds). False when it had to be dropped."""
+        return self._enqueue((PREDICTIONS, timestamp, prediction_id, model_version, features, label, probabilities))
+
+    def log_feedback(self, prediction_id: str, timestamp: float, label: str) -> bool:
+        """Queue one feedback label for an earlier prediction. False when it had to be dropped."""
+        return self._enqueue((FEEDBACK, timestamp, prediction_id, label))
+
+    # ---- writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.wait(self.flush_interval_s)
+            while self._queue:
+                self._write_batch()
+            if stopping:
+                return
+
+    def _write_batch(self) -> None:
+        import msgspec
+
+        encode = msgspec.json.Encoder().encode
+        batches: dict[tuple[str, str], list[bytes]] = {}
+        taken = 0
+        while self._queue and taken < _MAX_BATCH_LINES:
+            item = self._queue.popleft()
+            taken += 1
+            kind, ts = item[0], item[1]
+            stamp = _iso(ts)
+            if kind == PREDICTIONS:
+                record = {"prediction_id": item[2], "timestamp": stamp, "model_version": item[3],
+                          "features": item[4], "output": {"label": item[5], "probabilities": item[6]}}
+            else:
+                record = {"prediction_id": item[2], "timestamp": stamp, "label": item[3]}
+            batches.setdefault((kind, stamp[:10]), []).append(encode(record) + b"\n")
+        for key, lines in batches.items():
+            try:
+                fh = self._file(*key)
+                fh.write(b"".join(lines))
+                fh.flush()
+                self.written += len(lines)
+            except (OSError, ValueError) as exc:
+                self.write_errors += 1
+                self.dropped += len(lines)
+                log.error("prediction log: cannot write %d %s line(s) for %s: %s", len(lines), key[0], key[1], exc)
+
+    def _file(self, kind: str, day: str) -> IO[bytes]:
+        fh = self._files.get((kind, day))
+        if fh is None:
+            # A new day: close (and fsync) the previous partition's file of this kind.
+            for old in [k for k in self._files if k[0] == kind]:
+                self._close_file(self._files.pop(old))
+            folder = self.root / kind / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            fh = self._files[(kind, day)] = open(folder / f"{self._stem}.jsonl", "ab")  # noqa: SIM115
+        return fh
+
+    @staticmethod
+    def _close_file(fh: IO[bytes]) -> None:
+        try:
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fh.close()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything still queued, fsync and close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("prediction log: writer did not finish within %.0f s; %d record(s) may be lost",
+                          timeout_s, len(self._queue))
+        while self._queue:  # never started, or a writer that died: write from this thread
+            self._write_batch()
+        for fh in self._files.values():
+            try:
+                self._close_file(fh)
+            except OSError as exc:
+                log.error("prediction log: fsync/close failed: %s", exc)
+        self._files.clear()
+        log.info("prediction log closed: %d line(s) written, %d dropped", self.written, self.dropped)
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+def _as_date(value: date | str | None, name: str) -> date | None:
+    if value is None or isinstance(value, date):
+        return value.date() if isinstance(value, datetime) else value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise DataError(f"{name}={value!r}: expected a date YYYY-MM-DD") from None
+
+
+def _partition_files(root: Path, kind: str, start: date | None, end: date | None) -> list[Path]:
+    base = root / kind
+    if not base.is_dir():
+        return []
+    files: list[Path] = []
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        match = _PARTITION_RE.match(folder.name)
+        if not match:
+            log.warning("prediction log: ignoring %s (not a date=YYYY-MM-DD partition)", folder)
+            continue
+        day = date.fromisoformat(match.group(1))
+        if (start and day < start) or (end and day > end):
+            continue
+        files.extend(sorted(folder.glob("*.jsonl")))
+    return files
+
+
+def _records(files: list[Path]) -> list[dict[str, Any]]:
+    """Every JSON object in the files. A line that is not one (a torn last line after a crash) is
+    skipped with a warning rather than failing the whole window."""
+    try:  # msgspec is 4-5x faster than json here; it ships with the serving image and with mlflow
+        import msgspec
+
+        loads, errors = msgspec.json.Decoder().decode, (ValueError, msgspec.DecodeError)
+    except ImportError:
+        loads, errors = json.loads, (ValueError,)
+    out: list[dict[str, Any]] = []
+    for path in files:
+        bad = 0
+        with path.open("rb") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    record = loads(line)
+                except errors:
+                    bad += 1
+                    continue
+                if isinstance(record, dict) and "prediction_id" in record:
+                    out.append(record)
+                else:
+                    bad += 1
+        if bad:
+            log.warning("prediction log: skipped %d unreadable line(s) in %s", bad, path)
+    return out
+
+
+def read_feedback(path: str | Path, start: date | str | None = None) -> pd.DataFrame:
+    """Feedback labels as a frame (prediction_id, timestamp, label), oldest first.
+
+    `start` skips partitions older than that date; there is no end: labels arrive late.
+    """
+    import pandas as pd
+
+    root = Path(str(path).removeprefix("file://"))
+    rows = _records(_partition_files(root, FEEDBACK, _as_date(start, "start"), None))
+    frame = pd.DataFrame.from_records(
+        [(r["prediction_id"], r.get("timestamp"), r.get("label")) for r in rows],
+        columns=["prediction_id", "timestamp", "label"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def read_prediction_log(path: str | Path, label_column: str | None = None, start: date | str | None = None,
+                        end: date | str | None = None) -> pd.DataFrame:
+    """One row per logged prediction: its features, `prediction_id`, `timestamp` (UTC), `model_version`,
+    the predicted label as `prediction` and, when `label_column` is given (the config's target), that
+    column filled from feedback (the latest label per prediction wins; NaN where none came back).
+
+    `start`/`end` (dates, inclusive) select prediction partitions; feedback is read from `start` on
+    with no end, because labels arrive after their predictions. No predictions -> an empty frame with
+    the meta columns.
+    """
+    import numpy as np
+    import pandas as pd
+
+    root = Path(str(path).removeprefix("file://"))
+    if not is_prediction_log(root):
+        raise DataError(f"{root} is not a prediction log (no '{PREDICTIONS}/' folder inside)")
+    start_d, end_d = _as_date(start, "start"), _as_date(end, "end")
+    if start_d and end_d and start_d > end_d:
+        raise DataError(f"start {start_d} is after end {end_d}")
+    files = _partition_files(root, PREDICTIONS, start_d, end_d)
+    rows: list[dict[str, Any]] = []
+    feature_names: dict[str, None] = {}
+    for record in _records(files):
+        features = record.get("features") or {}
+        feature_names.update(dict.fromkeys(features))
+        output = record.get("output") or {}
+        rows.append({**features, "prediction_id": record["prediction_id"], "timestamp": record.get("timestamp"),
+                     "model_version": record.get("model_version"), "prediction": output.get("label")})
+    reserved = {*META_COLUMNS, *([label_column] if label_column else [])}
+    clash = sorted(reserved & set(feature_names))
+    if clash:
+        raise DataError(f"prediction log {root}: feature(s) {clash} collide with the columns "
+                        f"{sorted(reserved)} this reader adds; rename the feature or the label column")
+    columns = [*feature_names, *META_COLUMNS]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+    frame["model_version"] = frame["model_version"].astype(object)
+    if label_column:
+        feedback = read_feedback(root, start_d)
+        latest = feedback.drop_duplicates("prediction_id", keep="last").set_index("prediction_id")["label"]
+        frame[label_column] = frame["prediction_id"].map(latest).astype(object)
+        frame.loc[frame[label_column].isna(), label_column] = np.nan
+    log.info("read prediction log %s: %d prediction(s) from %d file(s)%s", root, len(frame), len(files),
+             f", {int(frame[label_column].notna().sum())} labelled" if label_column else "")
+    return frame

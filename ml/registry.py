@@ -1,0 +1,183 @@
+"""MLflow Model Registry semantics: versions, aliases, lineage tags and the alias audit log.
+
+- A version is registered only for a challenger that passed every gate, at most once per pipeline
+  run: `register_version` first looks for a version created from the same MLflow run.
+- Aliases: `challenger` = the last version that passed training and gates; `champion` = the version
+  serving. Every alias move is appended to the registered model's tag `ct.alias_log` (who, what,
+  why, previous) and stamped on the version, so `rollback` is one action.
+- The ONNX file is the artifact of the version; `fetch_onnx` verifies it against the `ct.onnx_sha256`
+  tag before anyone serves it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ml.errors import RegistryError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ALIAS_LOG_TAG = "ct.alias_log"
+SHA_TAG = "ct.onnx_sha256"
+_LOG_LIMIT = 4500  # MLflow caps tag values at 5000 characters
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    alias: str
+    version: str
+    previous: str | None
+    by: str
+    reason: str
+    at: str
+    kind: str  # "promote" | "rollback"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def actor() -> str:
+    """Who moves an alias: the Airflow task (from its env) or the local user."""
+    dag, run = os.environ.get("AIRFLOW_CTX_DAG_ID"), os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+    if dag and run:
+        return f"airflow:{dag}/{run}"
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no passwd entry in some containers
+        return "cli:unknown"
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return "RESOURCE_DOES_NOT_EXIST" in str(code) or "not found" in str(exc).lower()
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        try:
+            client.create_registered_model(name, description="Managed by ct-retraining: see tags ct.*")
+        except MlflowException:  # created concurrently
+            client.get_registered_model(name)
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if _not_found(exc) or "alias" in str(exc).lower():
+            return None
+        raise
+
+
+def version_for_run(client: MlflowClient, name: str, mlflow_run_id: str) -> ModelVersion | None:
+    """The version registered from this MLflow run, if any (the idempotency key of registration)."""
+    found = client.search_model_versions(f"name='{name}' and run_id='{mlflow_run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def register_version(client: MlflowClient, name: str, model_uri: str, model_id: str | None,
+                     mlflow_run_id: str, tags: dict[str, str]) -> tuple[ModelVersion, bool]:
+    """Register the run's model once; returns (version, created). A re-run returns the same version."""
+    ensure_registered_model(client, name)
+    existing = version_for_run(client, name, mlflow_run_id)
+    if existing is not None:
+        log.info("run already registered %s v%s: not creating another version", name, existing.version)
+        return existing, False
+    version = client.create_model_version(name, source=model_uri, run_id=mlflow_run_id,
+                                          tags={k: str(v)[:5000] for k, v in tags.items()}, model_id=model_id)
+    log.info("registered %s v%s from %s", name, version.version, model_uri)
+    return version, True
+
+
+def alias_log(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    model = client.get_registered_model(name)
+    raw = (model.tags or {}).get(ALIAS_LOG_TAG)
+    return json.loads(raw) if raw else []
+
+
+def move_alias(client: MlflowClient, name: str, alias: str, version: str, reason: str,
+               kind: str = "promote") -> AliasMove:
+    """Point `alias` at `version` and record the move. Moving it where it already points is a no-op
+    (returns the move with previous == version) so re-runs do not flood the audit log."""
+    current = version_by_alias(client, name, alias)
+    previous = current.version if current is not None else None
+    move = AliasMove(alias=alias, version=str(version), previous=str(previous) if previous else None,
+                     by=actor(), reason=reason, at=datetime.now(UTC).isoformat(timespec="seconds"), kind=kind)
+    if previous is not None and str(previous) == str(version):
+        return move
+    client.set_registered_model_alias(name, alias, str(version))
+    for key, value in (("previous", move.previous or ""), ("by", move.by), ("at", move.at),
+                       ("reason", reason[:4000]), ("kind", kind)):
+        client.set_model_version_tag(name, str(version), f"ct.{alias}.{key}", value)
+    entries = [*alias_log(client, name), move.to_dict()]
+    while len(json.dumps(entries)) > _LOG_LIMIT and len(entries) > 1:
+        entries.pop(0)
+    client.set_registered_model_tag(name, ALIAS_LOG_TAG, json.dumps(entries, separators=(",", ":")))
+    log.info("%s: alias %s %s -> %s (%s)", name, alias, previous, version, reason)
+    return move
+
+
+def rollback_target(client: MlflowClient, name: str, alias: str = CHAMPION) -> tuple[str, str]:
+    """(current version, version to return to): the version the current one replaced when promoted."""
+    current = version_by_alias(client, name, alias)
+    if current is None:
+        raise RegistryError(f"model '{name}' has no '{alias}' alias: nothing to roll back")
+    for entry in reversed(alias_log(client, name)):
+        if entry["alias"] == alias and entry["version"] == str(current.version) and entry["kind"] == "promote":
+            if entry["previous"]:
+                return str(current.version), entry["previous"]
+            break
+    raise RegistryError(f"model '{name}' v{current.version} was the first '{alias}': no earlier version "
+                        "to roll back to")
+
+
+def fetch_onnx(client: MlflowClient, name: str, version: str, dest: Path) -> tuple[Path, str]:
+    """Download the version's model.onnx into dest (verified against its sha256 tag)."""
+    import mlflow
+
+    from ml.export import sha256_bytes
+
+    mv = client.get_model_version(name, str(version))
+    expected = (mv.tags or {}).get(SHA_TAG)
+    if not expected:
+        raise RegistryError(f"{name} v{version} has no {SHA_TAG} tag: it was not registered by this system")
+    target = dest / "model.onnx"
+    if target.exists() and sha256_bytes(target.read_bytes()) == expected:
+        return target, expected
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
+        files = list(local.rglob("*.onnx"))
+        if len(files) != 1:
+            raise RegistryError(f"{name} v{version}: expected exactly one .onnx artifact, found {len(files)}")
+        data = files[0].read_bytes()
+        if sha256_bytes(data) != expected:
+            raise RegistryError(f"{name} v{version}: model.onnx sha256 does not match tag {SHA_TAG}; "
+                                "refusing a tampered artifact")
+        tmp_target = dest / "model.onnx.partial"
+        shutil.copyfile(files[0], tmp_target)
+        tmp_target.replace(target)
+    return target, expected

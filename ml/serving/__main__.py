@@ -1,0 +1,82 @@
+"""`python -m ml.serving`: verify the model, then run uvicorn (the container's and the local deployer's
+entrypoint).
+
+The model is resolved and verified once in this process before any socket is opened, so a missing,
+tampered or non-self-contained file ends the process with exit code 3 and one log line naming the
+file and both sha256 values. With CT_WORKERS > 1 the workers load the already verified local file
+(its sha256 pinned), and share a metrics folder so /metrics covers all of them.
+
+Exit codes: 0 clean shutdown, 2 invalid settings, 3 model refused, 1 server failed (e.g. port in use).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ml.serving.app import configure_logging, create_app
+from ml.serving.model import ModelLoadError, resolve_model
+from ml.serving.settings import Settings, SettingsError
+
+log = logging.getLogger("ml.serving")
+
+EXIT_SETTINGS = 2
+EXIT_MODEL_REFUSED = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        settings = Settings.from_args(argv, os.environ)
+    except SettingsError as exc:
+        configure_logging()
+        log.error("invalid settings: %s", exc)
+        return EXIT_SETTINGS
+    configure_logging(settings.log_level)
+    try:
+        loaded = resolve_model(settings)
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return EXIT_MODEL_REFUSED
+    if settings.prediction_log_dir is None:
+        log.warning("prediction logging disabled: CT_PREDICTION_LOG_DIR is not set, so this server's traffic "
+                    "will not reach the next drift check and /feedback answers 503")
+
+    import uvicorn
+
+    options = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+               "server_header": False, "lifespan": "on", "loop": "auto", "http": "auto",
+               "timeout_graceful_shutdown": 30}
+    log.info("starting %d worker(s) on http://%s:%d", settings.workers, settings.host, settings.port)
+    if settings.workers == 1:
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, loaded), **options))
+        # uvicorn re-raises the SIGTERM/SIGINT it shut down on, once it has drained; with these
+        # handlers in place that ends in `return 0`: a graceful stop is a clean exit, not a kill.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: log.info("stopped by signal %d", signum))
+        server.run()
+        return 0 if server.started else 1
+
+    # Workers are spawned processes that call create_app(): hand them the verified file, pinned.
+    own_metrics_dir = settings.metrics_dir is None
+    metrics_dir = settings.metrics_dir or Path(tempfile.mkdtemp(prefix="ct-serving-metrics-"))
+    worker = replace(settings.with_model(loaded.path, loaded.sha256, loaded.version), metrics_dir=metrics_dir)
+    os.environ.update(worker.to_env())
+    del loaded
+    try:
+        uvicorn.run("ml.serving.app:create_app", factory=True, workers=settings.workers, **options)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Serving configuration: environment variables (the container contract) and the equivalent CLI flags.
+
+Every knob is an environment variable `CT_*`; `python -m ml.serving --flag` overrides it. Values are
+validated here, once, with messages that name the variable, so a misconfigured pod fails at start-up
+with one readable line instead of at the first request. See docs/serving.md for the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ml.errors import CTError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8808
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_MODELS_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_.-]+))$")
+
+
+class SettingsError(CTError):
+    """The serving configuration (environment or flags) is invalid."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated serving configuration."""
+
+    model_uri: str
+    expected_sha256: str | None = None
+    model_version: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    prediction_log_dir: Path | None = None
+    max_batch: int = 1000
+    max_body_bytes: int = 1 << 20
+    log_queue_size: int = 65_536
+    log_level: str = "INFO"
+    model_cache_dir: Path | None = None
+    metrics_dir: Path | None = None
+
+    @property
+    def registry_ref(self) -> tuple[str, str | None, str | None] | None:
+        """(name, version, alias) for a `models:/` URI, None for a local file."""
+        match = _MODELS_URI_RE.match(self.model_uri)
+        if match is None:
+            return None
+        return match["name"], match["version"], match["alias"]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Settings from CT_* environment variables."""
+        return _build({key: environ.get(env) for key, (env, _flag, _help) in _FIELDS.items()})
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
+        """Settings from the environment, overridden by command-line flags."""
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        raw = {key: environ.get(env) for key, (env, _flag, _help) in _FIELDS.items()}
+        raw |= {key: value for key, value in vars(args).items() if value is not None}
+        return _build(raw)
+
+    def to_env(self) -> dict[str, str]:
+        """The CT_* variables that reproduce these settings (for worker processes)."""
+        values = {
+            "model_uri": self.model_uri, "expected_sha256": self.expected_sha256,
+            "model_version": self.model_version, "host": self.host, "port": self.port,
+            "workers": self.workers, "prediction_log_dir": self.prediction_log_dir,
+            "max_batch": self.max_batch, "max_body_bytes": self.max_body_bytes,
+            "log_queue_size": self.log_queue_size, "log_level": self.log_level,
+            "model_cache_dir": self.model_cache_dir, "metrics_dir": self.metrics_dir,
+        }
+        return {_FIELDS[k][0]: str(v) for k, v in values.items() if v is not None}
+
+    def with_model(self, path: Path, sha256: str, version: str) -> Settings:
+        """A copy pointing at a resolved, verified local model file."""
+        return replace(self, model_uri=str(path), expected_sha256=sha256, model_version=version)
+
+
+#: field -> (environment variable, CLI flag or None, help)
+_FIELDS: dict[str, tuple[str, str | None, str]] = {
+    "model_uri": ("CT_MODEL_URI", "--model-uri",
+                  "local .onnx path, models:/<name>/<version> or models:/<name>@<alias> (required)"),
+    "expected_sha256": ("CT_MODEL_SHA256", "--expected-sha256",
+                        "sha256 the model file must have; start-up is refused on a mismatch"),
+    "model_version": ("CT_MODEL_VERSION", "--model-version",
+                      "version string shown in responses (models:/ URIs: taken from the registry)"),
+    "host": ("CT_HOST", "--host", "bind address (default 127.0.0.1)"),
+    "port": ("CT_PORT", "--port", f"port (default {DEFAULT_PORT})"),
+    "workers": ("CT_WORKERS", "--workers", "worker processes (default 1)"),
+    "prediction_log_dir": ("CT_PREDICTION_LOG_DIR", "--prediction-log-dir",
+                           "root of the prediction log (default: logging disabled)"),
+    "max_batch": ("CT_MAX_BATCH", "--max-batch", "most records per /predict/batch (default 1000)"),
+    "max_body_bytes": ("CT_MAX_BODY_BYTES", "--max-body-bytes", "largest request body (default 1048576)"),
+    "log_queue_size": ("CT_LOG_QUEUE_SIZE", None, "prediction-log queue capacity (default 65536)"),
+    "log_level": ("CT_LOG_LEVEL", "--log-level", "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    "model_cache_dir": ("CT_MODEL_CACHE_DIR", None, "where models:/ downloads go (default $CT_HOME/serving)"),
+    "metrics_dir": ("CT_METRICS_DIR", None, "shared folder for multi-worker metrics (set by the launcher)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml.serving",
+        description="Serve an ONNX classifier over HTTP. Every flag has a CT_* environment variable; "
+                    "the flag wins when both are set.")
+    for key, (env, flag, help_text) in _FIELDS.items():
+        if flag:
+            parser.add_argument(flag, dest=key, default=None, help=f"{help_text} [env {env}]")
+    return parser
+
+
+def _int(raw: dict[str, object], key: str, low: int, high: int) -> int | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    env = _FIELDS[key][0]
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{env}={value!r}: expected an integer") from None
+    if not low <= number <= high:
+        raise SettingsError(f"{env}={number}: must be between {low} and {high}")
+    return number
+
+
+def _text(raw: dict[str, object], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _build(raw: dict[str, object]) -> Settings:
+    uri = _text(raw, "model_uri")
+    if not uri:
+        raise SettingsError("CT_MODEL_URI (or --model-uri) is required: a local .onnx path, "
+                            "models:/<name>/<version> or models:/<name>@<alias>")
+    if uri.startswith("models:/") and not _MODELS_URI_RE.match(uri):
+        raise SettingsError(f"CT_MODEL_URI={uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    sha = _text(raw, "expected_sha256")
+    if sha is not None:
+        sha = sha.lower()
+        if not _SHA_RE.match(sha):
+            raise SettingsError(f"CT_MODEL_SHA256={sha!r}: expected 64 hexadecimal characters")
+    level = (_text(raw, "log_level") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"CT_LOG_LEVEL={level!r}: expected DEBUG, INFO, WARNING or ERROR")
+    optional_path = {k: Path(v) if (v := _text(raw, k)) else None
+                     for k in ("prediction_log_dir", "model_cache_dir", "metrics_dir")}
+    defaults = Settings(model_uri=uri)
+    ints = {
+        "port": _int(raw, "port", 1, 65535),
+        "workers": _int(raw, "workers", 1, 64),
+        "max_batch": _int(raw, "max_batch", 1, 1_000_000),
+        "max_body_bytes": _int(raw, "max_body_bytes", 1024, 1 << 30),
+        "log_queue_size": _int(raw, "log_queue_size", 1, 10_000_000),
+    }
+    return Settings(
+        model_uri=uri.removeprefix("file://"),
+        expected_sha256=sha,
+        model_version=_text(raw, "model_version"),
+        host=_text(raw, "host") or defaults.host,
+        log_level=level,
+        **{k: v if v is not None else getattr(defaults, k) for k, v in ints.items()},
+        **optional_path,
+    )

@@ -1,0 +1,158 @@
+"""The `databricks` training backend: `python -m ml train` as a one-off Databricks job run.
+
+`DatabricksTrainOperator` submits (api/2.2/jobs/runs/submit, through the provider's
+DatabricksSubmitRunOperator and the connection `training.databricks.connection_id`, default
+`databricks_default`) one task on a new job cluster:
+
+- `python_wheel_task` running the project wheel's `ct-ml` entry point (the same `python -m ml` CLI)
+  with `train --config <training.databricks.config_path> --run-key <Airflow run id>`; a wheel, not a
+  repo checkout, so the job runs exactly the code that was built and pinned (docs/databricks.md);
+- `new_cluster` from `training.databricks` (spark_version, node_type_id, num_workers; 0 = single node);
+- `spark_env_vars`: MLFLOW_TRACKING_URI (and any other `env_secrets`) as `{{secrets/scope/key}}`
+  references that Databricks resolves on the cluster: the secret never passes through Airflow.
+
+`submit_run_payload` is the pure function that builds the request (tests assert it and round-trip it
+through databricks-sdk). The submit operator is built at run time: the config is read at run time, DAG
+params must not be injected into the wheel's named_parameters, and the `{{secrets/...}}` references
+must not meet Jinja. Deferral (`execute_complete`) and `on_kill` (cancels the run) are delegated to it.
+The step's result comes back through the MLflow run state, as for the Kubernetes pods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from ct_airflow.kubernetes import RemoteStepMixin, default_deferrable, step_arguments
+
+if TYPE_CHECKING:
+    from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
+    from airflow.sdk import Context
+
+    from ml.config import ModelConfig
+
+TASK_KEY = "train"
+
+
+def submit_run_payload(config: ModelConfig, *, run_key: str, reference_path: str | None = None,
+                       current_path: str | None = None, idempotency_token: str | None = None) -> dict[str, Any]:
+    """The runs/submit request that trains `config`'s challenger for `run_key` on a job cluster."""
+    from ml.errors import ConfigError
+
+    db = config.training.databricks
+    missing = [key for key, value in (("wheel", db.wheel), ("config_path", db.config_path)) if not value]
+    if missing:
+        raise ConfigError(", ".join(f"training.databricks.{key}" for key in missing)
+                          + ": required for training.backend databricks (see docs/databricks.md)")
+    env = {"CT_HOME": "/tmp/ct", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"}
+    env |= {name: "{{secrets/" + ref + "}}" for name, ref in db.env_secrets.items()}
+    cluster: dict[str, Any] = {
+        "spark_version": db.spark_version,
+        "node_type_id": db.node_type_id,
+        "num_workers": db.num_workers,
+        "spark_env_vars": env,
+        "custom_tags": {"ct-model": config.name},
+    }
+    if db.num_workers == 0:  # Databricks' single-node cluster: the driver does the (scikit-learn) work
+        cluster["spark_conf"] = {"spark.databricks.cluster.profile": "singleNode", "spark.master": "local[*]"}
+        cluster["custom_tags"]["ResourceClass"] = "SingleNode"
+    if db.policy_id:
+        cluster["policy_id"] = db.policy_id
+        cluster["apply_policy_default_values"] = True
+    libraries: list[dict[str, Any]] = [{"requirements": db.requirements}] if db.requirements else []
+    libraries.append({"whl": db.wheel})
+    task = {
+        "task_key": TASK_KEY,
+        "description": f"python -m ml train for model {config.name}",
+        "new_cluster": cluster,
+        "python_wheel_task": {
+            "package_name": db.package_name,
+            "entry_point": db.entry_point,
+            "parameters": step_arguments("train", db.config_path, run_key, reference_path, current_path),
+        },
+        "libraries": libraries,
+        "timeout_seconds": db.timeout_s,
+    }
+    payload: dict[str, Any] = {"run_name": f"ct-train {config.name} {run_key}", "timeout_seconds": db.timeout_s,
+                               "tasks": [task]}
+    if idempotency_token:
+        payload["idempotency_token"] = idempotency_token
+    return payload
+
+
+def idempotency_token(dag_id: str, run_key: str, task_id: str, try_number: int) -> str:
+    """One Databricks run per task try: a re-sent submit of the same try returns the same run, while a
+    retry after a failed run submits a new one (64 hex characters, the API's limit)."""
+    return hashlib.sha256(f"{dag_id}|{run_key}|{task_id}|{try_number}".encode()).hexdigest()
+
+
+class DatabricksTrainOperator(RemoteStepMixin, BaseOperator):
+    """Train the challenger as a Databricks job run (backend `databricks`, config `training.databricks`).
+
+    :param config_path: path of the model config YAML as Airflow sees it (templated)
+    :param reference_path: reference window override passed to the job as typed, empty for none (templated)
+    :param current_path: current window override passed to the job as typed, empty for none (templated)
+    :param run_key: the pipeline run; default the Airflow run id (templated)
+    :param deferrable: wait in the triggerer; None = `[operators] default_deferrable`
+    :param polling_period_seconds: seconds between run-state polls
+    """
+
+    step = "train"
+    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key")
+    ui_color = "#1CB1C2"
+    ui_fgcolor = "#fff"
+
+    def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
+                 run_key: str = "{{ run_id }}", deferrable: bool | None = None, polling_period_seconds: int = 30,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+        self.reference_path = reference_path
+        self.current_path = current_path
+        self.run_key = run_key
+        self.deferrable = deferrable
+        self.polling_period_seconds = polling_period_seconds
+        self._submit: DatabricksSubmitRunOperator | None = None
+
+    def submit_operator(self, context: Context) -> DatabricksSubmitRunOperator:
+        """The provider's submit operator for the rendered fields (reads the config file)."""
+        from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
+
+        from ml.config import load_config
+
+        config = load_config(self.config_path)
+        token = idempotency_token(self.dag_id, self.run_key, self.task_id, context["ti"].try_number)
+        payload = submit_run_payload(config, run_key=self.run_key, reference_path=self.reference_path or None,
+                                     current_path=self.current_path or None, idempotency_token=token)
+        self._submit = DatabricksSubmitRunOperator(
+            task_id=self.task_id, json=payload, databricks_conn_id=config.training.databricks.connection_id,
+            polling_period_seconds=self.polling_period_seconds, wait_for_termination=True,
+            deferrable=default_deferrable() if self.deferrable is None else bool(self.deferrable))
+        return self._submit
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            submit = self.submit_operator(context)
+        except Exception as exc:
+            self._fail(exc)
+            raise
+        try:
+            submit.execute(context)  # deferrable: raises TaskDeferred (a BaseException) to come back below
+        except Exception as exc:
+            self._remote_failed(exc)
+        return self._summary()
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger saw the run end: fail with its errors or return the step's result."""
+        try:
+            self.submit_operator(context).execute_complete(context, event)
+        except Exception as exc:
+            self._remote_failed(exc)
+        return self._summary()
+
+    def on_kill(self) -> None:
+        if self._submit is not None:
+            self._submit.on_kill()

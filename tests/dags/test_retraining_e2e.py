@@ -1,0 +1,192 @@
+"""The retraining DAG end to end with `dag.test()`: real Airflow (SQLite), a real MLflow store, the
+ONNX model served by a real process on 127.0.0.1. The scenarios build on each other, in file order,
+as a model's life would: bootstrap, quiet window, covariate drift, forced re-run of one DAG run,
+concept drift, a worse challenger, and bad data.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, write_config
+
+pytestmark = pytest.mark.e2e
+MODEL = "employee-attrition"
+_DATES = iter(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(hours=i) for i in range(100))
+
+
+@pytest.fixture(scope="module")
+def env(module_ct_home: Path, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.conftest import REPO
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    config = write_config(tmp_path_factory.mktemp("config"))
+    return {"dag": bag.get_dag("retraining"), "config": str(config), "home": module_ct_home,
+            "port": json.loads(json.dumps(__import__("yaml").safe_load(config.read_text())))["deploy"]["port"]}
+
+
+def run(env: dict, current: str | None = None, logical_date: datetime | None = None, **conf: object) -> dict:
+    from ml.tracking import safe_name
+
+    # Every param explicitly: dag.test() keeps the previous run's conf in the DAG's params otherwise.
+    params = {"config": env["config"], "reference_path": None, "current_path": None, "force_retrain": False, **conf}
+    if current:
+        params["current_path"] = str(DATA / current)
+    when = logical_date or next(_DATES)
+    # dag.test() derives the run id from run_after: the same date finds (and clears) the same DAG run.
+    dag_run = env["dag"].test(logical_date=when, run_after=when, run_conf=params)
+    record_path = env["home"] / "runs" / MODEL / safe_name(dag_run.run_id) / "run_record.json"
+    record = json.loads(record_path.read_text())
+    record["_state"] = str(dag_run.state)
+    record["_tasks"] = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    record["_logical_date"] = dag_run.logical_date
+    return record
+
+
+def registry() -> tuple[list[str], str | None]:
+    from ml.registry import CHAMPION, version_by_alias
+    from ml.tracking import mlflow_client
+
+    client = mlflow_client()
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
+    champion = version_by_alias(client, MODEL, CHAMPION)
+    return versions, str(champion.version) if champion else None
+
+
+def served_version(env: dict) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{env['port']}/ready", timeout=5) as response:
+        return json.loads(response.read())["model_version"]
+
+
+def test_first_run_bootstraps_v1_and_serves_it(env):
+    record = run(env, "current_unlabelled.csv")
+    assert record["_state"] == "success", record["errors"]
+    assert record["status"] == "promoted" and record["decision"] == "retrain"
+    assert record["triggers"] == ["bootstrap"]
+    gate = record["gates"]["challenger_vs_champion"]
+    assert gate["passed"] and "no-skill baseline" in gate["detail"]  # an explicit bootstrap case
+    assert set(record["gates"]) >= {"min_roc_auc", "challenger_vs_champion", "fairness", "onnx_parity", "latency",
+                                    "size"}
+    assert record["challenger_version"] == "1" and record["promoted"]
+    assert record["deployment"]["status"] == "deployed"
+    assert registry() == (["1"], "1")
+    assert served_version(env) == "1"
+    assert record["_tasks"]["skip"] == "skipped"
+    # the backend and target branches ran the local tasks only
+    assert record["_tasks"]["retrain.train_local"] == "success"
+    assert record["_tasks"]["retrain.train_kubernetes"] == record["_tasks"]["retrain.train_databricks"] == "skipped"
+    assert record["_tasks"]["release.deploy_local"] == "success"
+    assert record["_tasks"]["release.deploy_kubernetes"] == "skipped"
+
+
+def test_no_drift_window_skips(env):
+    record = run(env, "current_no_drift.csv")
+    assert record["_state"] == "success"
+    assert record["decision"] == "skip" and record["status"] == "skipped"
+    assert "no dataset drift" in record["reason"] and "no performance decay" in record["reason"]
+    assert record["drift"]["dataset_drift"] is False
+    assert record["performance"]["champion_version"] == "1"
+    assert record["_tasks"]["retrain.train_local"] == "skipped" and record["_tasks"]["run_record"] == "success"
+    assert registry() == (["1"], "1")
+
+
+def test_covariate_drift_retrains_and_v2_serves(env):
+    record = run(env, "current_covariate_drift.csv")
+    assert record["_state"] == "success", record["errors"]
+    assert record["decision"] == "retrain" and "data_drift" in record["triggers"]
+    drifted = {name for name, f in record["drift"]["features"].items() if f["drifted"]}
+    assert {"satisfaction_score", "work_hours"} <= drifted
+    assert all(g["passed"] for g in record["gates"].values())
+    assert "champion v1" in record["gates"]["challenger_vs_champion"]["detail"]
+    assert record["challenger_version"] == "2" and record["status"] == "promoted"
+    assert registry() == (["1", "2"], "2")
+    assert served_version(env) == "2"
+
+
+def test_rerunning_the_same_dag_run_creates_no_second_version(env):
+    first = run(env, "current_covariate_drift.csv", force_retrain=True)
+    assert first["_state"] == "success", first["errors"]
+    assert first["triggers"] == ["forced"] and first["challenger_version"] == "3"
+    again = run(env, "current_covariate_drift.csv", logical_date=first["_logical_date"], force_retrain=True)
+    assert again["run_key"] == first["run_key"] and again["_state"] == "success", again["errors"]
+    assert again["challenger_version"] == "3"
+    assert again["deployment"]["status"] == "unchanged"
+    assert registry() == (["1", "2", "3"], "3")
+
+
+def test_concept_drift_retrains_because_of_performance_decay(env):
+    record = run(env, "current_concept_drift.csv")
+    assert record["decision"] == "retrain"
+    assert record["triggers"] == ["performance_decay"]
+    assert record["drift"]["dataset_drift"] is False
+    assert record["reason"].startswith("performance decay of champion v3")
+    assert "no dataset drift" in record["reason"]
+    assert record["performance"]["decayed"] is True
+    assert record["performance"]["on_current"] < record["performance"]["on_reference"] - 0.05
+    assert record["_state"] == "success", record["errors"]
+    assert record["status"] == "promoted"
+    # both windows were tried; the reference labels follow the old relationship, so current-only wins
+    assert record["training"]["window"] == "current"
+    assert record["training"]["candidates"]["current"] > record["training"]["candidates"]["all"]
+    assert registry() == (["1", "2", "3", "4"], "4")
+
+
+def test_worse_challenger_is_rejected_and_champion_stays(env, tmp_path):
+    weak = write_config(tmp_path, model={"estimator": "random_forest",
+                                         "params": {"n_estimators": 2, "max_depth": 1}},
+                        deploy={"port": env["port"]})
+    record = run({**env, "config": str(weak)}, "current_concept_drift.csv", force_retrain=True)
+    assert record["_state"] == "failed"
+    assert record["status"] == "rejected"
+    assert "challenger_vs_champion" in record["failed_gates"]
+    assert not record["gates"]["challenger_vs_champion"]["passed"]
+    assert record["challenger_version"] is None and not record["promoted"]
+    assert record["_tasks"]["retrain.gates"] == "failed"
+    assert record["_tasks"]["retrain.register"] == "upstream_failed"
+    assert registry() == (["1", "2", "3", "4"], "4")
+    assert served_version(env) == "4"
+
+
+@pytest.mark.parametrize(("file", "problem"), [
+    ("bad_missing_column.csv", "column 'salary' missing from current window"),
+    ("bad_wrong_type.csv", "column 'age' in current window must be numeric"),
+    ("bad_all_nan.csv", "column 'satisfaction_score' in current window is entirely empty"),
+    ("bad_empty.csv", "has 0 rows"),
+])
+def test_bad_data_fails_closed(env, file, problem):
+    record = run(env, file, force_retrain=True)
+    assert record["_state"] == "failed"
+    assert record["status"] == "blocked" and record["decision"] == "blocked"
+    assert any(problem in p for p in record["contract"]["problems"]), record["contract"]
+    assert problem in record["reason"]
+    assert record["_tasks"]["check.validate_data"] == "failed"
+    assert record["_tasks"]["retrain.train_local"] == "upstream_failed"
+    assert record["challenger_version"] is None
+    assert registry() == (["1", "2", "3", "4"], "4")
+    assert served_version(env) == "4"
+
+
+def test_rollback_is_one_action(env):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "ml", "rollback", "--config", env["config"], "--reason", "test"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "CT_HOME": str(env["home"])})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert (result["rolled_back_from"], result["champion"]) == ("4", "3")
+    assert result["move"]["kind"] == "rollback" and "rollback of v4: test" in result["move"]["reason"]
+    assert registry() == (["1", "2", "3", "4"], "3")
+    assert served_version(env) == "3"

@@ -1,0 +1,53 @@
+"""`python -m ml` as users call it: JSON on stdout, messages on stderr, meaningful exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import DATA, REPO
+
+
+def ml(*args: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CT_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "ml", *args], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)
+
+
+def test_bad_data_exits_1_naming_the_column(config_path, tmp_path):
+    out = ml("validate-data", "--config", str(config_path), "--current", str(DATA / "bad_missing_column.csv"),
+             home=tmp_path / "ct")
+    assert out.returncode == 1
+    assert "column 'salary' missing from current window" in out.stderr
+    result = json.loads(out.stdout)
+    assert result["passed"] is False and result["problems"]
+
+
+def test_steps_chain_through_the_latest_run_and_write_out(config_path, tmp_path):
+    home, out_dir = tmp_path / "ct", tmp_path / "out"
+    first = ml("validate-data", "--config", str(config_path), "--current", str(DATA / "current_covariate_drift.csv"),
+               home=home)
+    assert first.returncode == 0, first.stderr
+    key = json.loads(first.stdout)["run_key"]
+    drift = ml("drift", "--config", str(config_path), "--current", str(DATA / "current_covariate_drift.csv"),
+               "--out", str(out_dir), home=home)
+    assert drift.returncode == 0, drift.stderr
+    result = json.loads(drift.stdout)
+    assert result["run_key"] == key and result["dataset_drift"] is True
+    assert result["features"]["satisfaction_score"]["drifted"] is True
+    assert (out_dir / "drift.json").exists() and (out_dir / "drift_report.html").stat().st_size > 10_000
+    assert not any(line.startswith("{") for line in drift.stderr.splitlines())  # logs stay off stdout
+
+
+def test_usage_and_config_errors_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntarget: y\npositive_class: 1\nfeatures: {numeric: [a]}\ndata: {reference: r.csv}\n"
+                   "gates: {max_regresion: 0.1}\n")
+    out = ml("validate-data", "--config", str(bad), home=tmp_path / "ct")
+    assert out.returncode == 2 and "gates.max_regresion: unknown key" in out.stderr
+    assert ml("frobnicate", home=tmp_path / "ct").returncode == 2
+    missing = ml("gates", "--config", str(bad).replace("bad", "nope"), home=tmp_path / "ct")
+    assert missing.returncode == 2 and "not found" in missing.stderr

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml.config import load_config, parse_config
+from ml.errors import ConfigError
+from tests.conftest import DATA, DEMO_CONFIG
+
+MINIMAL = {"name": "m", "target": "y", "positive_class": 1, "features": {"numeric": ["a"]},
+           "data": {"reference": "r.csv"}}
+
+
+def test_demo_config_loads_and_resolves_paths_relative_to_the_file():
+    config = load_config(DEMO_CONFIG)
+    assert config.name == "employee-attrition"
+    assert Path(config.reference_path) == DATA / "reference.csv"
+    assert config.features.categorical == ["department"]
+    assert config.drift.drift_share == 0.2
+    assert config.gates.max_regression == 0.02  # default kept where the file is silent
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"gates": {"max_regresion": 0.1}}, "gates.max_regresion: unknown key"),
+    ({"target": None}, "target: Input should be a valid string"),
+    ({"gates": {"max_regression": "high"}}, "gates.max_regression: Input should be a valid number"),
+    ({"positive_class": None}, "positive_class: required when task is binary"),
+    ({"features": {"numeric": ["a", "a"]}}, "features: ['a'] listed more than once"),
+    ({"features": {"numeric": ["y"]}}, "target: 'y' is also listed as a feature"),
+    ({"gates": {"min_metrics": {"auc": 0.7}}}, "unknown metric(s) ['auc']"),
+    ({"deploy": {"host": "0.0.0.0"}}, "deploy.host: the local target binds to loopback only"),
+    ({"task": "regression"}, "task: Input should be 'binary' or 'multiclass'"),
+    ({"name": "my model!"}, "name: must start with a letter or digit"),
+    ({"drift": {"columns": {"zzz": {"method": "psi"}}}}, "drift.columns: ['zzz'] are not features"),
+    ({"contract": {"max_null_fraction": 1.5}}, "contract.max_null_fraction: Input should be less than or equal to 1"),
+])
+def test_invalid_configs_name_the_key(change, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, **change}, source="m.yaml")
+    assert message in str(err.value)
+    assert "m.yaml" in str(err.value)
+
+
+def test_missing_key_is_named():
+    raw = {k: v for k, v in MINIMAL.items() if k != "data"}
+    with pytest.raises(ConfigError, match="data: missing required key"):
+        parse_config(raw)
+
+
+def test_strict_types_do_not_coerce_strings():
+    with pytest.raises(ConfigError, match="deploy.port"):
+        parse_config({**MINIMAL, "deploy": {"port": "8080"}})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_with_data_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    monkeypatch.chdir(tmp_path)
+    config = load_config(path).with_data(current="new.csv")
+    assert config.current_path == str(tmp_path / "new.csv")
+    assert config.reference_path == str(tmp_path / "r.csv")
+    assert config.with_data(reference="s3://bucket/ref.parquet").reference_path == "s3://bucket/ref.parquet"

@@ -1,0 +1,80 @@
+import numpy as np
+import onnx
+import pytest
+
+from ml.config import load_config
+from ml.data import model_frame, read_window
+from ml.errors import ConfigError
+from ml.estimators import available_estimators, build_estimator
+from ml.export import ModelIntegrityError, OnnxModel, to_onnx
+from ml.train import fit_challenger, split_training_data
+from tests.conftest import DATA, DEMO_CONFIG
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return read_window(str(DATA / "reference.csv")).frame, read_window(str(DATA / "current_no_drift.csv")).frame
+
+
+@pytest.mark.parametrize("estimator", ["logistic_regression", "random_forest"])
+def test_trained_pipeline_exports_to_onnx_with_parity(windows, estimator):
+    base = load_config(DEMO_CONFIG)
+    params = {"n_estimators": 30} if estimator == "random_forest" else {}
+    config = base.model_copy(update={"model": base.model.model_copy(update={"estimator": estimator,
+                                                                            "params": params})})
+    challenger = fit_challenger(config, *windows)
+    assert challenger.metrics["roc_auc"] > 0.75
+    model = OnnxModel.from_bytes(to_onnx(challenger.pipeline, config, challenger.data.classes))
+    assert model.classes == ["0", "1"] and model.categorical == ["department"] and len(model.numeric) == 8
+    proba = model.predict_proba(model_frame(challenger.data.eval_frame, config))
+    assert np.abs(proba - challenger.eval_proba).max() < 1e-5
+    # an unseen category and a missing numeric reach the model exactly as in training
+    frame = model_frame(challenger.data.eval_frame.head(3).assign(department="Legal", salary=np.nan), config)
+    assert np.abs(model.predict_proba(frame) - challenger.pipeline.predict_proba(frame)).max() < 1e-5
+
+
+def test_holdout_comes_from_the_labelled_current_window(windows):
+    config = load_config(DEMO_CONFIG)
+    data = split_training_data(config, *windows)
+    assert data.eval_source == "current" and len(data.eval_frame) == 600
+    assert len(data.x_train) == 5000 + 1400
+    assert split_training_data(config, windows[0], windows[1].drop(columns="attrition")).eval_source == "reference"
+
+
+def test_onnx_integrity_checks(windows):
+    config = load_config(DEMO_CONFIG)
+    challenger = fit_challenger(config, *windows)
+    data = to_onnx(challenger.pipeline, config, challenger.data.classes)
+    good = OnnxModel.from_bytes(data)
+    tampered = bytearray(data)
+    tampered[len(tampered) // 2] ^= 0xFF
+    with pytest.raises(ModelIntegrityError, match="sha256 mismatch"):
+        OnnxModel.from_bytes(bytes(tampered), expected_sha256=good.sha256)
+    proto = onnx.load_model_from_string(data)
+    tensor = proto.graph.initializer[0]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"
+    with pytest.raises(ModelIntegrityError, match="external data"):
+        OnnxModel.from_bytes(proto.SerializeToString())
+
+
+def test_estimator_registry_errors():
+    assert {"logistic_regression", "random_forest"} <= set(available_estimators())
+    with pytest.raises(ConfigError, match="unknown estimator 'xgb'; available"):
+        build_estimator("xgb", {}, 0)
+    with pytest.raises(ConfigError, match="model.params: invalid parameters for 'random_forest'"):
+        build_estimator("random_forest", {"trees": 5}, 0)
+
+
+@pytest.mark.parametrize(("current", "expected"), [("current_covariate_drift.csv", "all"),
+                                                  ("current_concept_drift.csv", "current")])
+def test_best_window_follows_the_holdout(current, expected):
+    from ml.train import fit_best_challenger
+
+    config = load_config(DEMO_CONFIG)
+    reference = read_window(str(DATA / "reference.csv")).frame
+    best = fit_best_challenger(config, reference, read_window(str(DATA / current)).frame, ["all", "current"])
+    assert best.window == expected
+    assert best.candidates[expected] == max(best.candidates.values())
+    assert best.metrics["roc_auc"] == best.candidates[expected]
