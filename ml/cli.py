@@ -12,6 +12,7 @@ remembers it, so `validate-data`, `drift`, `train`... typed one after the other 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -171,9 +172,25 @@ def entrypoint() -> None:
         raise SystemExit(code)
 
 
+def check_config_digest(path: str) -> None:
+    """A step started by Airflow elsewhere (a pod, a Databricks job) gets CT_CONFIG_SHA256, the sha256 of the
+    config file Airflow read: refuse to run on another file (a stale image, an old upload)."""
+    expected = os.environ.get("CT_CONFIG_SHA256")
+    if not expected:
+        return
+    try:
+        actual = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return  # load_config names the missing file
+    if actual != expected:
+        raise ConfigError(f"{path} is not the config Airflow validated (sha256 {actual}, expected {expected}): "
+                          "upload, bake or mount the same file")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from ml.config import load_config
 
+    check_config_digest(args.config)
     config = load_config(args.config).with_data(args.reference, args.current)
     if args.command == "status":
         _emit(_status(config))

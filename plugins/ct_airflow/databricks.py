@@ -9,7 +9,9 @@ DatabricksSubmitRunOperator and the connection `training.databricks.connection_i
   repo checkout, so the job runs exactly the code that was built and pinned (docs/databricks.md);
 - `new_cluster` from `training.databricks` (spark_version, node_type_id, num_workers; 0 = single node);
 - `spark_env_vars`: MLFLOW_TRACKING_URI (and any other `env_secrets`) as `{{secrets/scope/key}}`
-  references that Databricks resolves on the cluster: the secret never passes through Airflow.
+  references that Databricks resolves on the cluster: the secret never passes through Airflow; and
+  CT_CONFIG_SHA256, the sha256 of the config Airflow read, so the job refuses a different file on the
+  cluster (ml.cli.check_config_digest), as the pods' config guard does.
 
 `submit_run_payload` is the pure function that builds the request (tests assert it and round-trip it
 through databricks-sdk). The submit operator is built at run time: the config is read at run time, DAG
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from ct_airflow.kubernetes import RemoteStepMixin, default_deferrable, step_arguments
+from ct_airflow.kubernetes import config_sha256 as file_sha256
 
 if TYPE_CHECKING:
     from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
@@ -38,8 +41,12 @@ TASK_KEY = "train"
 
 
 def submit_run_payload(config: ModelConfig, *, run_key: str, reference_path: str | None = None,
-                       current_path: str | None = None, idempotency_token: str | None = None) -> dict[str, Any]:
-    """The runs/submit request that trains `config`'s challenger for `run_key` on a job cluster."""
+                       current_path: str | None = None, idempotency_token: str | None = None,
+                       config_sha256: str | None = None) -> dict[str, Any]:
+    """The runs/submit request that trains `config`'s challenger for `run_key` on a job cluster.
+
+    `config_sha256` (of the file Airflow read) makes the job refuse a config file on the cluster that differs.
+    """
     from ml.errors import ConfigError
 
     db = config.training.databricks
@@ -48,6 +55,8 @@ def submit_run_payload(config: ModelConfig, *, run_key: str, reference_path: str
         raise ConfigError(", ".join(f"training.databricks.{key}" for key in missing)
                           + ": required for training.backend databricks (see docs/databricks.md)")
     env = {"CT_HOME": "/tmp/ct", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"}
+    if config_sha256:
+        env["CT_CONFIG_SHA256"] = config_sha256
     env |= {name: "{{secrets/" + ref + "}}" for name, ref in db.env_secrets.items()}
     cluster: dict[str, Any] = {
         "spark_version": db.spark_version,
@@ -126,7 +135,8 @@ class DatabricksTrainOperator(RemoteStepMixin, BaseOperator):
         config = load_config(self.config_path)
         token = idempotency_token(self.dag_id, self.run_key, self.task_id, context["ti"].try_number)
         payload = submit_run_payload(config, run_key=self.run_key, reference_path=self.reference_path or None,
-                                     current_path=self.current_path or None, idempotency_token=token)
+                                     current_path=self.current_path or None, idempotency_token=token,
+                                     config_sha256=file_sha256(self.config_path))
         self._submit = DatabricksSubmitRunOperator(
             task_id=self.task_id, json=payload, databricks_conn_id=config.training.databricks.connection_id,
             polling_period_seconds=self.polling_period_seconds, wait_for_termination=True,

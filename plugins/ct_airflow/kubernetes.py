@@ -135,6 +135,8 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
         "on_finish_action": "delete_succeeded_pod",  # failed pods stay for `kubectl logs/describe`
         "get_logs": True,
         "log_events_on_failure": True,
+        # A pod that fails before the step stores its result (config guard, import error) still says why.
+        "termination_message_policy": "FallbackToLogsOnError",
         "do_xcom_push": False,  # results go through MLflow, no sidecar
         **kwargs,
     }

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
-HEAVY = ("pandas", "sklearn", "mlflow", "evidently", "onnxruntime", "onnx", "skl2onnx", "numpy")
+HEAVY = ("pandas", "sklearn", "mlflow", "evidently", "onnxruntime", "onnx", "skl2onnx", "numpy", "kubernetes",
+         "kubernetes_asyncio", "databricks")
 
 
 @pytest.fixture(scope="module")
