@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ml.predlog import PredictionLogWriter
 from ml.serving.metrics import Metrics
-from ml.serving.model import LoadedModel, RequestError, Scorer, resolve_model
+from ml.serving.model import LoadedModel, ModelLoadError, RequestError, Scorer, resolve_model
 from ml.serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -55,8 +57,12 @@ class ServingService:
         import msgspec
 
         self.settings = settings
-        self.loaded = loaded
-        self.scorer = Scorer(loaded.model, loaded.version)
+        #: (model, scorer) swapped as one reference when the followed alias moves; request handlers read
+        #: it once, so a request is validated and scored by the same model version
+        self._current: tuple[LoadedModel, Scorer] = (loaded, Scorer(loaded.model, loaded.version))
+        self._refused_version: str | None = None
+        self._follow_stop = threading.Event()
+        self._follow_thread: threading.Thread | None = None
         self.writer = (PredictionLogWriter(settings.prediction_log_dir, queue_size=settings.log_queue_size)
                        if settings.prediction_log_dir else None)
         self.metrics = Metrics(
@@ -73,6 +79,14 @@ class ServingService:
             ("POST", "/predict"): self.predict, ("POST", "/predict/batch"): self.predict_batch,
             ("POST", "/feedback"): self.feedback,
         }
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self._current[0]
+
+    @property
+    def scorer(self) -> Scorer:
+        return self._current[1]
 
     @property
     def model_name(self) -> str:
@@ -95,6 +109,9 @@ class ServingService:
         if self.writer is not None:
             self.writer.start()
         self.metrics.start()
+        if self.settings.follow_s:
+            self._follow_thread = threading.Thread(target=self._follow, name="model-follow", daemon=True)
+            self._follow_thread.start()
         self.ready, self.state = True, "ready"
         model = self.loaded.model
         log.info("ready: %s version %s (sha256 %s, %s) warmed up in %.0f ms; %d numeric + %d categorical "
@@ -105,9 +122,63 @@ class ServingService:
 
     def stop(self) -> None:
         self.ready, self.state = False, "shutting down"
+        self._follow_stop.set()
+        if self._follow_thread is not None:
+            self._follow_thread.join(10)
         if self.writer is not None:
             self.writer.close()
         self.metrics.stop()
+
+    # ---- following an alias (CT_MODEL_FOLLOW_S) --------------------------------------------------
+
+    def _follow(self) -> None:
+        uri = self.settings.alias_uri
+        log.info("following %s: checking every %d s", uri, self.settings.follow_s)
+        while not self._follow_stop.wait(self.settings.follow_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # a registry hiccup must never take the serving model down
+                log.warning("following %s: check failed, still serving version %s: %s: %s", uri,
+                            self.loaded.version, type(exc).__name__, " ".join(str(exc).split())[:300])
+
+    def refresh(self) -> bool:
+        """Switch to the version the followed alias names now, if it moved; True when switched.
+
+        The new version is fetched and sha256-verified exactly like at start-up, and warmed up before it
+        takes traffic; one that is refused (tampered, external data) is logged once and the current
+        version keeps serving.
+        """
+        from ml.registry import version_by_alias
+        from ml.tracking import mlflow_client
+
+        uri = self.settings.alias_uri
+        if uri is None:
+            return False
+        name, alias = uri.removeprefix("models:/").rsplit("@", 1)
+        found = version_by_alias(mlflow_client(), name, alias)
+        if found is None:
+            log.warning("following %s: the alias is not set, still serving version %s", uri, self.loaded.version)
+            return False
+        version = str(found.version)
+        if version in (self.loaded.version, self._refused_version):
+            return False
+        before = self.loaded.version
+        try:
+            loaded = resolve_model(replace(self.settings, model_uri=uri, expected_sha256=None, model_version=None))
+        except ModelLoadError as exc:
+            self._refused_version = version
+            self.metrics.inc("ct_model_switch_refused_total")
+            log.error("following %s: version %s refused, still serving version %s: %s", uri, version, before, exc)
+            return False
+        scorer = Scorer(loaded.model, loaded.version)
+        scorer.warm_up()
+        self._current = (loaded, scorer)
+        self._refused_version = None
+        self.metrics.model_info = {"name": self.model_name, "version": loaded.version, "sha256": loaded.sha256}
+        self.metrics.inc("ct_model_switches_total")
+        log.info("following %s: switched from version %s to version %s (sha256 %s)", uri, before, loaded.version,
+                 loaded.sha256)
+        return True
 
     # ---- request handlers: bytes in, (status, bytes) out ----------------------------------------
 
@@ -135,9 +206,10 @@ class ServingService:
 
     def predict(self, body: bytes) -> tuple[int, bytes]:
         record = self._json(body)
-        self.scorer.check_record(record)
-        timestamp, out = self.scorer.predict([record])
-        self._record(timestamp, [record], out)
+        scorer = self.scorer
+        scorer.check_record(record)
+        timestamp, out = scorer.predict([record])
+        self._record(scorer.model_version, timestamp, [record], out)
         return 200, self._encode(out[0])
 
     def predict_batch(self, body: bytes) -> tuple[int, bytes]:
@@ -154,23 +226,24 @@ class ServingService:
             raise RequestError(413, f"batch of {len(records)} records exceeds the limit of "
                                     f"{self.settings.max_batch} (CT_MAX_BATCH): split it")
         problems: list[str] = []
+        scorer = self.scorer
         for i, record in enumerate(records):
             try:
-                self.scorer.check_record(record, f"records[{i}]: ")
+                scorer.check_record(record, f"records[{i}]: ")
             except RequestError as exc:
                 problems.append(exc.detail)
                 if len(problems) == 5:
                     break
         if problems:
             raise RequestError(422, "; ".join(problems))
-        timestamp, out = self.scorer.predict(records)
-        self._record(timestamp, records, out)
-        return 200, self._encode({"model_version": self.scorer.model_version, "predictions": out})
+        timestamp, out = scorer.predict(records)
+        self._record(scorer.model_version, timestamp, records, out)
+        return 200, self._encode({"model_version": scorer.model_version, "predictions": out})
 
-    def _record(self, timestamp: float, records: list[dict[str, Any]], out: list[dict[str, Any]]) -> None:
+    def _record(self, version: str, timestamp: float, records: list[dict[str, Any]],
+                out: list[dict[str, Any]]) -> None:
         counts = self.metrics.predictions
         writer = self.writer
-        version = self.scorer.model_version
         for record, result in zip(records, out, strict=True):
             label = result["label"]
             counts[label] = counts.get(label, 0) + 1
@@ -206,10 +279,11 @@ class ServingService:
     # ---- read-only endpoints ---------------------------------------------------------------------
 
     def model_document(self) -> dict[str, Any]:
-        model = self.loaded.model
-        return {"name": self.model_name, "version": self.loaded.version, "sha256": self.loaded.sha256,
+        loaded, scorer = self._current
+        model = loaded.model
+        return {"name": self.model_name, "version": loaded.version, "sha256": loaded.sha256,
                 "features": {"numeric": list(model.numeric), "categorical": list(model.categorical)},
-                "classes": list(self.scorer.classes), "threshold": self.scorer.threshold}
+                "classes": list(scorer.classes), "threshold": scorer.threshold}
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         if self.ready:

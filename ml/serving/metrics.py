@@ -161,6 +161,8 @@ class Metrics:
             "ct_prediction_log_written_total": "Prediction-log lines written (predictions and feedback).",
             "ct_prediction_log_dropped_total": "Prediction-log records dropped (queue full or write error).",
             "ct_prediction_log_write_errors_total": "Failed prediction-log batch writes.",
+            "ct_model_switches_total": "Switches to the version the followed alias moved to (CT_MODEL_FOLLOW_S).",
+            "ct_model_switch_refused_total": "Versions the followed alias named that failed verification.",
         }
         for name, help_text in counter_help.items():
             family(name, "counter", help_text)

@@ -44,6 +44,17 @@ class Settings:
     log_level: str = "INFO"
     model_cache_dir: Path | None = None
     metrics_dir: Path | None = None
+    follow_s: int = 0
+    follow_uri: str | None = None
+
+    @property
+    def alias_uri(self) -> str | None:
+        """The models:/<name>@<alias> URI to follow (CT_MODEL_FOLLOW_S), None when there is none."""
+        for uri in (self.follow_uri, self.model_uri):
+            match = _MODELS_URI_RE.match(uri or "")
+            if match is not None and match["alias"]:
+                return uri
+        return None
 
     @property
     def registry_ref(self) -> tuple[str, str | None, str | None] | None:
@@ -76,12 +87,14 @@ class Settings:
             "max_batch": self.max_batch, "max_body_bytes": self.max_body_bytes,
             "log_queue_size": self.log_queue_size, "log_level": self.log_level,
             "model_cache_dir": self.model_cache_dir, "metrics_dir": self.metrics_dir,
+            "follow_s": self.follow_s or None, "follow_uri": self.follow_uri,
         }
         return {_FIELDS[k][0]: str(v) for k, v in values.items() if v is not None}
 
     def with_model(self, path: Path, sha256: str, version: str) -> Settings:
         """A copy pointing at a resolved, verified local model file."""
-        return replace(self, model_uri=str(path), expected_sha256=sha256, model_version=version)
+        return replace(self, model_uri=str(path), expected_sha256=sha256, model_version=version,
+                       follow_uri=self.alias_uri if self.follow_s else None)
 
 
 #: field -> (environment variable, CLI flag or None, help)
@@ -103,6 +116,10 @@ _FIELDS: dict[str, tuple[str, str | None, str]] = {
     "log_level": ("CT_LOG_LEVEL", "--log-level", "DEBUG, INFO, WARNING or ERROR (default INFO)"),
     "model_cache_dir": ("CT_MODEL_CACHE_DIR", None, "where models:/ downloads go (default $CT_HOME/serving)"),
     "metrics_dir": ("CT_METRICS_DIR", None, "shared folder for multi-worker metrics (set by the launcher)"),
+    "follow_s": ("CT_MODEL_FOLLOW_S", "--follow-s",
+                 "with CT_MODEL_URI=models:/<name>@<alias>: every N seconds, check where the alias points and "
+                 "switch to that version once it is fetched, verified and warmed up (default 0: off)"),
+    "follow_uri": ("CT_MODEL_FOLLOW_URI", None, "the alias URI workers follow (set by the launcher)"),
 }
 
 
@@ -163,8 +180,10 @@ def _build(raw: dict[str, object]) -> Settings:
         "max_batch": _int(raw, "max_batch", 1, 1_000_000),
         "max_body_bytes": _int(raw, "max_body_bytes", 1024, 1 << 30),
         "log_queue_size": _int(raw, "log_queue_size", 1, 10_000_000),
+        "follow_s": _int(raw, "follow_s", 0, 86_400),
     }
-    return Settings(
+    settings = Settings(
+        follow_uri=_text(raw, "follow_uri"),
         model_uri=uri.removeprefix("file://"),
         expected_sha256=sha,
         model_version=_text(raw, "model_version"),
@@ -173,3 +192,7 @@ def _build(raw: dict[str, object]) -> Settings:
         **{k: v if v is not None else getattr(defaults, k) for k, v in ints.items()},
         **optional_path,
     )
+    if settings.follow_s and settings.alias_uri is None:
+        raise SettingsError(f"CT_MODEL_FOLLOW_S={settings.follow_s} needs an alias to follow: set "
+                            f"CT_MODEL_URI=models:/<name>@<alias> (got {uri!r})")
+    return settings

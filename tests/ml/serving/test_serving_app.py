@@ -106,6 +106,17 @@ def test_settings_from_env_and_flags(tmp_path):
     assert Settings.from_env(Settings.from_env(env).to_env()) == settings
 
 
+def test_workers_keep_following_the_alias(tmp_path):
+    """Workers get the verified local file, pinned, plus the alias URI they go on following."""
+    settings = Settings.from_env({"CT_MODEL_URI": "models:/m@champion", "CT_MODEL_FOLLOW_S": "30"})
+    assert settings.alias_uri == "models:/m@champion"
+    worker = Settings.from_env(settings.with_model(tmp_path / "m.onnx", "ab" * 32, "4").to_env())
+    assert worker.model_uri == str(tmp_path / "m.onnx") and worker.registry_ref is None
+    assert (worker.follow_s, worker.alias_uri, worker.model_version) == (30, "models:/m@champion", "4")
+    plain = Settings.from_env({"CT_MODEL_URI": "models:/m@champion"}).with_model(tmp_path / "m.onnx", "ab" * 32, "4")
+    assert plain.follow_s == 0 and plain.alias_uri is None
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({}, "CT_MODEL_URI"),
     ({"CT_MODEL_URI": "m.onnx", "CT_PORT": "http"}, "CT_PORT"),
@@ -114,6 +125,8 @@ def test_settings_from_env_and_flags(tmp_path):
     ({"CT_MODEL_URI": "m.onnx", "CT_MODEL_SHA256": "abc"}, "CT_MODEL_SHA256"),
     ({"CT_MODEL_URI": "models:/only-name"}, "CT_MODEL_URI"),
     ({"CT_MODEL_URI": "m.onnx", "CT_LOG_LEVEL": "LOUD"}, "CT_LOG_LEVEL"),
+    ({"CT_MODEL_URI": "models:/m/3", "CT_MODEL_FOLLOW_S": "30"}, "CT_MODEL_FOLLOW_S"),
+    ({"CT_MODEL_URI": "m.onnx", "CT_MODEL_FOLLOW_S": "soon"}, "CT_MODEL_FOLLOW_S"),
 ])
 def test_settings_errors_name_the_variable(env, named):
     with pytest.raises(SettingsError, match=named):

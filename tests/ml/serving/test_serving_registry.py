@@ -4,11 +4,13 @@ registry, verifies the artifact against the version's sha256 tag, and refuses on
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
 from ml.registry import SHA_TAG, ensure_registered_model
 from ml.tracking import get_or_create_experiment, mlflow_client
+from tests.ml.serving.conftest import sample_records
 
 NAME = "attrition-serving-test"
 
@@ -60,3 +62,57 @@ def test_unknown_alias_is_refused(registry, start_server):
     server = start_server(env | {"CT_MODEL_URI": f"models:/{NAME}@nope"}, ready=False)
     assert server.proc.wait(60) == 3
     assert "has no alias 'nope'" in server.output
+
+
+def test_following_an_alias_switches_only_to_verified_versions(trained, registry, start_server):
+    """CT_MODEL_FOLLOW_S: the server tracks where the alias points. A version whose file does not match
+    its sha256 tag is refused (the current one keeps serving); a good one takes over without a failed request."""
+    env, versions = registry
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CT_HOME", env["CT_HOME"])
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        client = mlflow_client()
+        client.set_registered_model_alias(NAME, "live", versions[0])
+        server = start_server(env | {"CT_MODEL_URI": f"models:/{NAME}@live", "CT_MODEL_FOLLOW_S": "1"})
+        http = server.client()
+        record = sample_records(1)[0]
+        assert http.post("/predict", json=record).json()["model_version"] == str(versions[0])
+
+        client.set_registered_model_alias(NAME, "live", versions[1])  # its sha256 tag does not match the file
+        _wait_for(lambda: f"version {versions[1]} refused" in server.output, server)
+        assert http.get("/ready").json()["model_version"] == str(versions[0])
+
+        good = _populate_version(client, trained)
+        client.set_registered_model_alias(NAME, "live", good)
+        answered: list[str] = []
+
+        def switched() -> bool:
+            response = http.post("/predict", json=record)
+            assert response.status_code == 200, response.text
+            answered.append(response.json()["model_version"])
+            return answered[-1] == str(good)
+
+        _wait_for(switched, server)
+        assert set(answered) <= {str(versions[0]), str(good)}
+        assert http.get("/model").json()["version"] == str(good)
+        metrics = http.get("/metrics").text
+        assert "ct_model_switches_total 1" in metrics and "ct_model_switch_refused_total 1" in metrics
+        assert f'version="{good}"' in metrics
+    assert server.stop(signal.SIGTERM) == 0
+
+
+def _populate_version(client, trained) -> str:
+    experiment_id = get_or_create_experiment(client, NAME)
+    run = client.create_run(experiment_id)
+    client.log_artifact(run.info.run_id, str(trained.path), "model")
+    mv = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                     tags={SHA_TAG: trained.sha256})
+    return str(mv.version)
+
+
+def _wait_for(condition, server, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s:\n{server.output}")
+        time.sleep(0.2)
