@@ -34,3 +34,17 @@ stop-serving: $(STAMP)
 
 clean:
 	rm -rf .ct
+
+.PHONY: stack stack-status stack-down
+
+## The docker-compose services as local processes on 127.0.0.1, for machines without Docker (docs/stack.md):
+## PostgreSQL from the machine (127.0.0.1:5432), MLflow with basic-auth, Airflow api-server, scheduler,
+## dag-processor and triggerer. Prints the URLs and where the admin passwords are.
+stack: $(STAMP)
+	@bin/stack up
+
+stack-status: $(STAMP)
+	@bin/stack status
+
+stack-down: $(STAMP)
+	@bin/stack down
