@@ -23,7 +23,6 @@ The step's result comes back through the MLflow run state, as for the Kubernetes
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -110,19 +109,11 @@ class DatabricksTrainOperator(RemoteStepMixin, BaseOperator):
     """
 
     step = "train"
-    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key")
     ui_color = "#1CB1C2"
     ui_fgcolor = "#fff"
 
-    def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
-                 run_key: str = "{{ run_id }}", deferrable: bool | None = None, polling_period_seconds: int = 30,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, polling_period_seconds: int = 30, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config_path = config_path
-        self.reference_path = reference_path
-        self.current_path = current_path
-        self.run_key = run_key
-        self.deferrable = deferrable
         self.polling_period_seconds = polling_period_seconds
         self._submit: DatabricksSubmitRunOperator | None = None
 

@@ -190,6 +190,16 @@ class RemoteStepMixin(_PipelineMixin):
     """A step that runs elsewhere (pod, Databricks job) and stores its result in the MLflow run state."""
 
     step: str = ""
+    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key")
+
+    def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
+                 run_key: str = "{{ run_id }}", deferrable: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+        self.reference_path = reference_path
+        self.current_path = current_path
+        self.run_key = run_key
+        self.deferrable = deferrable
 
     def _step_result(self, ctx: RunContext) -> dict[str, Any] | None:
         """The step's stored result, only if it belongs to this attempt (the one `validate` drew)."""
@@ -243,18 +253,10 @@ class KubernetesStepOperator(RemoteStepMixin, BaseOperator):
     :param poll_interval: seconds between pod status polls
     """
 
-    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key")
     ui_color = "#d6e6ff"
 
-    def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
-                 run_key: str = "{{ run_id }}", deferrable: bool | None = None, poll_interval: float = 10.0,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, poll_interval: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config_path = config_path
-        self.reference_path = reference_path
-        self.current_path = current_path
-        self.run_key = run_key
-        self.deferrable = deferrable
         self.poll_interval = poll_interval
         self._pod: KubernetesPodOperator | None = None
 
