@@ -177,7 +177,8 @@ def fetch_onnx(client: MlflowClient, name: str, version: str, dest: Path) -> tup
         if sha256_bytes(data) != expected:
             raise RegistryError(f"{name} v{version}: model.onnx sha256 does not match tag {SHA_TAG}; "
                                 "refusing a tampered artifact")
-        tmp_target = dest / "model.onnx.partial"
+        # one partial file per process: several server workers may fetch the same version at once
+        tmp_target = dest / f"model.onnx.{os.getpid()}.partial"
         shutil.copyfile(files[0], tmp_target)
         tmp_target.replace(target)
     return target, expected

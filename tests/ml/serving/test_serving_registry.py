@@ -65,39 +65,42 @@ def test_unknown_alias_is_refused(registry, start_server):
 
 
 def test_following_an_alias_switches_only_to_verified_versions(trained, registry, start_server):
-    """CT_MODEL_FOLLOW_S: the server tracks where the alias points. A version whose file does not match
-    its sha256 tag is refused (the current one keeps serving); a good one takes over without a failed request."""
+    """CT_MODEL_FOLLOW_S, with two workers: each tracks where the alias points. A version whose file does
+    not match its sha256 tag is refused (the current one keeps serving); a good one takes over in every
+    worker without a failed request."""
     env, versions = registry
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CT_HOME", env["CT_HOME"])
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         client = mlflow_client()
         client.set_registered_model_alias(NAME, "live", versions[0])
-        server = start_server(env | {"CT_MODEL_URI": f"models:/{NAME}@live", "CT_MODEL_FOLLOW_S": "1"})
+        server = start_server(env | {"CT_MODEL_URI": f"models:/{NAME}@live", "CT_MODEL_FOLLOW_S": "1",
+                                     "CT_WORKERS": "2"})
         http = server.client()
         record = sample_records(1)[0]
         assert http.post("/predict", json=record).json()["model_version"] == str(versions[0])
 
         client.set_registered_model_alias(NAME, "live", versions[1])  # its sha256 tag does not match the file
-        _wait_for(lambda: f"version {versions[1]} refused" in server.output, server)
+        _wait_for(lambda: server.output.count(f"version {versions[1]} refused") == 2, server)
         assert http.get("/ready").json()["model_version"] == str(versions[0])
 
         good = _populate_version(client, trained)
         client.set_registered_model_alias(NAME, "live", good)
         answered: list[str] = []
 
-        def switched() -> bool:
-            response = http.post("/predict", json=record)
-            assert response.status_code == 200, response.text
-            answered.append(response.json()["model_version"])
-            return answered[-1] == str(good)
+        def every_worker_switched() -> bool:
+            for _ in range(20):
+                response = http.post("/predict", json=record)
+                assert response.status_code == 200, response.text
+                answered.append(response.json()["model_version"])
+            return server.output.count(f"to version {good}") == 2 and answered[-1] == str(good)
 
-        _wait_for(switched, server)
+        _wait_for(every_worker_switched, server)
         assert set(answered) <= {str(versions[0]), str(good)}
-        assert http.get("/model").json()["version"] == str(good)
+        assert {http.get("/model").json()["version"] for _ in range(10)} == {str(good)}
+        _wait_for(lambda: "ct_model_switches_total 2" in http.get("/metrics").text, server)
         metrics = http.get("/metrics").text
-        assert "ct_model_switches_total 1" in metrics and "ct_model_switch_refused_total 1" in metrics
-        assert f'version="{good}"' in metrics
+        assert "ct_model_switch_refused_total 2" in metrics and f'version="{good}"' in metrics
     assert server.stop(signal.SIGTERM) == 0
 
 
