@@ -74,7 +74,11 @@ def assess_performance(metric: str, champion_version: str | None, on_reference: 
 
 def decide(*, contract_passed: bool, contract_problems: list[str], drift: DriftResult | None,
            performance: PerformanceResult | None, labelled_rows: int, force_retrain: bool,
-           champion_version: str | None, champion_trained_on_current: bool) -> Decision:
+           champion_version: str | None, champion_trained_on_current: bool,
+           min_labelled_rows: int = 1) -> Decision:
+    """The verdict and its reason. Data drift triggers a retrain only with at least `min_labelled_rows`
+    labelled current rows (performance.min_labelled_rows): a handful of feedback labels is no
+    training set, and retraining on it every run would churn versions."""
     if not contract_passed:
         return Decision("blocked", "data contract failed: " + "; ".join(contract_problems), ["contract"])
     drift_text = ""
@@ -97,11 +101,13 @@ def decide(*, contract_passed: bool, contract_problems: list[str], drift: DriftR
         triggers.append("performance_decay")
         reasons.append(f"performance decay of champion v{champion_version}: {performance.detail}")
     if drift is not None and drift.dataset_drift:
-        if labelled_rows:
+        if labelled_rows >= max(min_labelled_rows, 1):
             triggers.append("data_drift")
             reasons.append(f"data drift: {drift_text}")
         elif not triggers:
-            return Decision("skip", f"data drift ({drift_text}) but the current window has no labels to "
+            labels = ("no labels" if not labelled_rows else
+                      f"only {labelled_rows} labelled rows (< performance.min_labelled_rows {min_labelled_rows})")
+            return Decision("skip", f"data drift ({drift_text}) but the current window has {labels} to "
                                     "retrain on: attach labels (feedback) and re-run", [])
     if triggers:
         if "data_drift" not in triggers and drift is not None:

@@ -74,6 +74,20 @@ def _current_step(ctx: RunContext, step: str) -> dict[str, Any] | None:
     return result
 
 
+def _step_result(ctx: RunContext, step: str, *, this_attempt: bool = False) -> dict[str, Any]:
+    """The result a later step builds on: this attempt's, else (unless `this_attempt`) the run's last.
+    A stored failure is an error naming the step, not a KeyError deeper down."""
+    result = _current_step(ctx, step)
+    if result is None:
+        if this_attempt:
+            raise StateError(f"run {ctx.run_key!r}: step '{step}' has not run in the current attempt "
+                             f"(started by the last validate-data); run it first")
+        result = ctx.require(step)
+    if "error" in result:
+        raise StateError(f"run {ctx.run_key!r}: step '{step}' failed, so nothing builds on it: {result['error']}")
+    return result
+
+
 def _windows(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     from ml.data import load_windows
 
@@ -194,7 +208,8 @@ def decide(ctx: RunContext, *, force_retrain: bool = False) -> dict[str, Any]:
         contract_passed=validation["passed"], contract_problems=validation["problems"], drift=drift_result,
         performance=perf_result, labelled_rows=(validation["rows"].get("current_labelled") or 0),
         force_retrain=force_retrain, champion_version=champion_version,
-        champion_trained_on_current=bool(trained_on_current))
+        champion_trained_on_current=bool(trained_on_current),
+        min_labelled_rows=ctx.config.performance.min_labelled_rows)
     log.info("decision: %s (%s)", result.decision, result.reason)
     ctx.client.set_tag(ctx.mlflow_run_id, "ct.decision", result.decision)
     return {"attempt": _attempt(ctx), "force_retrain": force_retrain, **result.to_dict()}
@@ -290,7 +305,7 @@ def gates(ctx: RunContext) -> dict[str, Any]:
     from ml.gates import evaluate_gates
 
     config = ctx.config
-    trained = _current_step(ctx, "train") or ctx.require("train")
+    trained = _step_result(ctx, "train")
     challenger_path = ctx.work_dir / "challenger" / "model.onnx"
     if not challenger_path.exists():
         challenger_path = _download_model(trained["model_uri"], ctx.work_dir / "challenger")
@@ -317,9 +332,9 @@ def register(ctx: RunContext) -> dict[str, Any]:
 
     config = ctx.config
     gate_state = _current_step(ctx, "gates")
-    if not gate_state or not gate_state["passed"]:
+    if not gate_state or not gate_state.get("passed"):
         raise StateError("refusing to register: the gates of this attempt did not pass (or did not run)")
-    trained = _current_step(ctx, "train") or ctx.require("train")
+    trained = _step_result(ctx, "train")
     validation = ctx.require("validate")
     decision = _current_step(ctx, "decide") or {}
     drift_state = _current_step(ctx, "drift") or {}
@@ -351,7 +366,7 @@ def deploy(ctx: RunContext, *, smoke: Callable[..., Any] | None = None) -> dict[
     from ml.deploy import rollout
     from ml.deploy.smoke import smoke_records
 
-    registered = _current_step(ctx, "register") or ctx.require("register")
+    registered = _step_result(ctx, "register")
     frame, _, _ = _holdout(ctx)
     records = smoke_records(frame, ctx.config, ctx.config.deploy.smoke_rows)
     result = rollout(ctx.config, registered["version"], records, smoke=smoke)
@@ -362,7 +377,7 @@ def promote(ctx: RunContext) -> dict[str, Any]:
     """Move `champion` to the version now serving (only after a successful deploy)."""
     from ml.registry import CHAMPION, move_alias
 
-    deployed = _current_step(ctx, "deploy") or ctx.require("deploy")
+    deployed = _step_result(ctx, "deploy", this_attempt=True)
     if deployed["status"] not in ("deployed", "unchanged"):
         raise StateError(f"refusing to promote v{deployed['version']}: deploy status is {deployed['status']}")
     decision = _current_step(ctx, "decide") or {}

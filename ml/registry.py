@@ -121,21 +121,32 @@ def alias_log(client: MlflowClient, name: str) -> list[dict[str, Any]]:
 def move_alias(client: MlflowClient, name: str, alias: str, version: str, reason: str,
                kind: str = "promote") -> AliasMove:
     """Point `alias` at `version` and record the move. Moving it where it already points is a no-op
-    (returns the move with previous == version) so re-runs do not flood the audit log."""
+    (returns the recorded move) so re-runs do not flood the audit log.
+
+    The record (version tags and the `ct.alias_log` entry) is written *before* the alias moves: a
+    failure in between leaves at worst a record of a move that a retry then makes, never a moved alias
+    without its record (rollback depends on it).
+    """
     current = version_by_alias(client, name, alias)
-    previous = current.version if current is not None else None
-    move = AliasMove(alias=alias, version=str(version), previous=str(previous) if previous else None,
-                     by=actor(), reason=reason, at=datetime.now(UTC).isoformat(timespec="seconds"), kind=kind)
-    if previous is not None and str(previous) == str(version):
-        return move
-    client.set_registered_model_alias(name, alias, str(version))
+    previous = str(current.version) if current is not None else None
+    if previous == str(version):
+        recorded = next((e for e in reversed(alias_log(client, name))
+                         if e["alias"] == alias and e["version"] == str(version)), None)
+        return AliasMove(**recorded) if recorded else AliasMove(
+            alias=alias, version=str(version), previous=None, by=actor(), reason=reason,
+            at=datetime.now(UTC).isoformat(timespec="seconds"), kind=kind)
+    move = AliasMove(alias=alias, version=str(version), previous=previous, by=actor(), reason=reason,
+                     at=datetime.now(UTC).isoformat(timespec="seconds"), kind=kind)
     for key, value in (("previous", move.previous or ""), ("by", move.by), ("at", move.at),
                        ("reason", reason[:4000]), ("kind", kind)):
         client.set_model_version_tag(name, str(version), f"ct.{alias}.{key}", value)
     entries = [*alias_log(client, name), move.to_dict()]
     while len(json.dumps(entries)) > _LOG_LIMIT and len(entries) > 1:
-        entries.pop(0)
+        # champion entries are what rollback reads: drop the oldest other entry first
+        other = next((i for i, e in enumerate(entries[:-1]) if e["alias"] != CHAMPION), 0)
+        entries.pop(other)
     client.set_registered_model_tag(name, ALIAS_LOG_TAG, json.dumps(entries, separators=(",", ":")))
+    client.set_registered_model_alias(name, alias, str(version))
     log.info("%s: alias %s %s -> %s (%s)", name, alias, previous, version, reason)
     return move
 
@@ -150,6 +161,10 @@ def rollback_target(client: MlflowClient, name: str, alias: str = CHAMPION) -> t
             if entry["previous"]:
                 return str(current.version), entry["previous"]
             break
+    else:  # the log was trimmed past this move: the version's own stamp says the same
+        tags = client.get_model_version(name, str(current.version)).tags or {}
+        if tags.get(f"ct.{alias}.kind") == "promote" and tags.get(f"ct.{alias}.previous"):
+            return str(current.version), tags[f"ct.{alias}.previous"]
     raise RegistryError(f"model '{name}' v{current.version} was the first '{alias}': no earlier version "
                         "to roll back to")
 

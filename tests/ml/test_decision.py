@@ -51,6 +51,14 @@ def test_drift_with_labels_retrains_without_labels_skips():
     assert unlabelled.decision == "skip" and "no labels" in unlabelled.reason
 
 
+def test_drift_with_a_few_labels_is_not_a_training_set():
+    few = decide(**{**BASE, "drift": drift(2), "labelled_rows": 20, "performance": None, "min_labelled_rows": 100})
+    assert few.decision == "skip"
+    assert "only 20 labelled rows (< performance.min_labelled_rows 100)" in few.reason
+    enough = decide(**{**BASE, "drift": drift(2), "labelled_rows": 100, "min_labelled_rows": 100})
+    assert enough.decision == "retrain" and enough.triggers == ["data_drift"]
+
+
 def test_both_triggers_are_reported():
     result = decide(**{**BASE, "drift": drift(3), "performance": perf(True)})
     assert result.triggers == ["performance_decay", "data_drift"]

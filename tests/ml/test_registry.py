@@ -63,13 +63,43 @@ def test_alias_moves_are_logged_and_rollback_is_one_lookup(logged_model):
         rollback_target(client, "reg-test")
     move = move_alias(client, "reg-test", CHAMPION, v2.version, reason="drift")
     assert move.previous == "1" and move.by.startswith("cli:")
-    assert move_alias(client, "reg-test", CHAMPION, v2.version, reason="again").previous == "2"  # no-op
+    again = move_alias(client, "reg-test", CHAMPION, v2.version, reason="again")  # no-op: the recorded move
+    assert (again.previous, again.reason) == ("1", "drift")
     log = json.loads(client.get_registered_model("reg-test").tags[ALIAS_LOG_TAG])
     assert [(e["version"], e["previous"], e["reason"]) for e in log] == [("1", None, "bootstrap"), ("2", "1", "drift")]
     assert client.get_model_version("reg-test", "2").tags["ct.champion.previous"] == "1"
     assert rollback_target(client, "reg-test") == ("2", "1")
     assert str(version_by_alias(client, "reg-test", CHAMPION).version) == "2"
     assert mlflow.get_tracking_uri().startswith("sqlite:")
+
+    # The audit log is capped; when the champion's entry has been trimmed away, the version's own
+    # ct.champion.* stamp still names the version to return to.
+    client.set_registered_model_tag("reg-test", ALIAS_LOG_TAG, "[]")
+    assert rollback_target(client, "reg-test") == ("2", "1")
+
+
+def test_a_failed_alias_move_leaves_its_record_and_a_retry_completes_it(logged_model, monkeypatch):
+    """The record is written before the alias moves, so an error in between never leaves a moved
+    alias without the entry rollback needs; the retry moves it."""
+    client, run_id, info, sha = logged_model
+    name = "reg-order"
+    v1, _ = register_version(client, name, info.model_uri, info.model_id, run_id, {SHA_TAG: sha})
+    run2 = client.create_run(client.get_experiment_by_name("reg-test").experiment_id)
+    v2, _ = register_version(client, name, info.model_uri, info.model_id, run2.info.run_id, {SHA_TAG: sha})
+    move_alias(client, name, CHAMPION, v1.version, reason="bootstrap")
+    real = client.set_registered_model_alias
+
+    def flaky(*args, **kwargs):
+        raise RuntimeError("registry went away")
+
+    monkeypatch.setattr(client, "set_registered_model_alias", flaky)
+    with pytest.raises(RuntimeError):
+        move_alias(client, name, CHAMPION, v2.version, reason="drift")
+    assert str(version_by_alias(client, name, CHAMPION).version) == "1"  # not moved...
+    monkeypatch.setattr(client, "set_registered_model_alias", real)
+    move_alias(client, name, CHAMPION, v2.version, reason="drift")  # ...until the retry
+    assert str(version_by_alias(client, name, CHAMPION).version) == "2"
+    assert rollback_target(client, name) == ("2", "1")
 
 
 def test_fetch_onnx_verifies_the_registered_sha(logged_model, tmp_path):
