@@ -111,14 +111,33 @@ def is_serving(state: ServerState | None) -> bool:
         return False
 
 
+def _is_model_server(pid: int) -> bool:
+    """Whether `pid` still runs the model server: state.json outlives it (a crash, a reboot) and the pid
+    may since belong to something else. Where /proc is unavailable, trust the recorded pid."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists() and _alive(pid)
+    except OSError:
+        return False
+    return b"ml.serving" in cmdline
+
+
 def stop_server(model_name: str, state: ServerState | None = None, grace_s: float = 15.0) -> bool:
     """Stop the recorded server (SIGTERM, then SIGKILL after grace_s). True if one was running."""
     state = state or read_state(model_name)
     if state is None or not _alive(state.pid):
         return False
+    if not _is_model_server(state.pid):
+        log.warning("pid %s recorded for %s v%s is no longer the model server (stale state, pid reused): "
+                    "leaving that process alone", state.pid, model_name, state.version)
+        return False
     try:
         os.killpg(state.pid, signal.SIGTERM)
     except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.warning("pid %s recorded for %s belongs to another user: not stopping it", state.pid, model_name)
         return False
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _alive(state.pid):

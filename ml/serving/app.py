@@ -145,8 +145,9 @@ class ServingService:
         """Switch to the version the followed alias names now, if it moved; True when switched.
 
         The new version is fetched and sha256-verified exactly like at start-up, and warmed up before it
-        takes traffic; one that is refused (tampered, external data) is logged once and the current
-        version keeps serving.
+        takes traffic. One that cannot be loaded (tampered, external data, or the registry failing
+        mid-download) leaves the current version serving; it is logged and counted once, and tried again
+        at the next check, so a passing registry error does not pin the old version.
         """
         from ml.registry import version_by_alias
         from ml.tracking import mlflow_client
@@ -160,15 +161,18 @@ class ServingService:
             log.warning("following %s: the alias is not set, still serving version %s", uri, self.loaded.version)
             return False
         version = str(found.version)
-        if version in (self.loaded.version, self._refused_version):
-            return False
         before = self.loaded.version
+        if version == before:
+            return False
+        pinned = f"models:/{name}/{version}"  # exactly the version looked up, even if the alias moves again
         try:
-            loaded = resolve_model(replace(self.settings, model_uri=uri, expected_sha256=None, model_version=None))
+            loaded = resolve_model(replace(self.settings, model_uri=pinned, expected_sha256=None, model_version=None))
         except ModelLoadError as exc:
-            self._refused_version = version
-            self.metrics.inc("ct_model_switch_refused_total")
-            log.error("following %s: version %s refused, still serving version %s: %s", uri, version, before, exc)
+            if version != self._refused_version:
+                self._refused_version = version
+                self.metrics.inc("ct_model_switch_refused_total")
+                log.error("following %s: version %s refused, still serving version %s: %s", uri, version, before,
+                          exc)
             return False
         scorer = Scorer(loaded.model, loaded.version)
         scorer.warm_up()

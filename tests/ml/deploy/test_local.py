@@ -68,3 +68,22 @@ def test_a_server_that_cannot_start_is_reported_not_left_behind(models, ct_home,
     assert result.status == "failed" and not result.rolled_back
     assert "exited with code" in result.detail
     assert read_state("m") is None
+
+
+def test_stale_state_never_signals_a_process_that_reused_the_pid(ct_home):
+    """state.json outlives its server (crash, reboot); its pid may now be someone else's process."""
+    import signal
+    import subprocess
+
+    from ml.deploy.local import ServerState, _write_state, serving_dir
+
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        serving_dir("stale-model").mkdir(parents=True)
+        _write_state("stale-model", ServerState(version="1", pid=bystander.pid, host="127.0.0.1", port=free_port(),
+                                               model_path="/nonexistent.onnx", sha256="0" * 64, started_at="x"))
+        assert stop_server("stale-model", grace_s=0.5) is False
+        assert bystander.poll() is None  # still running: it was left alone
+    finally:
+        bystander.send_signal(signal.SIGKILL)
+        bystander.wait(5)
