@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ml.config import ModelConfig
+    from ml.data import Window
     from ml.export import OnnxModel
     from ml.tracking import RunContext
 
@@ -88,11 +91,43 @@ def _step_result(ctx: RunContext, step: str, *, this_attempt: bool = False) -> d
     return result
 
 
-def _windows(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    from ml.data import load_windows
+SNAPSHOT = "windows/current.jsonl"
 
+
+def _windows(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The run's windows. A prediction log (live: the server keeps appending) is read from the snapshot
+    validate took, so every step of the attempt sees the rows the contract checked."""
+    from ml.data import load_windows, read_window
+
+    validation = ctx.load("validate") or {}
+    if validation.get("current_snapshot"):
+        local = ctx.work_dir / validation["current_snapshot"]
+        if not local.exists():  # a step running elsewhere (pod, job): fetch it from the run
+            import mlflow
+
+            from ml.tracking import tracking_uri
+
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                fetched = mlflow.artifacts.download_artifacts(
+                    run_id=ctx.mlflow_run_id, artifact_path=validation["current_snapshot"], dst_path=tmp,
+                    tracking_uri=tracking_uri())
+                shutil.move(fetched, local)
+        reference = read_window(ctx.config.reference_path, ctx.config.target)
+        return reference.frame, read_window(str(local), ctx.config.target).frame
     reference, current = load_windows(ctx.config)
     return reference.frame, (current.frame if current is not None else None)
+
+
+def _snapshot(ctx: RunContext, current: Window) -> tuple[str, str]:
+    """Freeze a live current window (a prediction log) into the run: (artifact path, sha256)."""
+    from ml.data import sha256_of
+
+    path = ctx.work_dir / SNAPSHOT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current.frame.to_json(path, orient="records", lines=True, date_format="iso")
+    ctx.log_artifact(path, str(Path(SNAPSHOT).parent))
+    return SNAPSHOT, sha256_of(path)
 
 
 def _champion(ctx: RunContext) -> tuple[str | None, OnnxModel | None, dict[str, str]]:
@@ -116,6 +151,7 @@ def validate(ctx: RunContext, *, dag_id: str | None = None, dag_run_id: str | No
     """Read both windows and check the data contract."""
     from ml.contract import check_contract
     from ml.data import read_window
+    from ml.predlog import is_prediction_log
 
     config = ctx.config
     result: dict[str, Any] = {
@@ -128,6 +164,8 @@ def validate(ctx: RunContext, *, dag_id: str | None = None, dag_run_id: str | No
         result["reference_sha256"] = reference.sha256
         current = read_window(config.current_path, config.target) if config.current_path else None
         result["current_sha256"] = current.sha256 if current else None
+        if current is not None and is_prediction_log(current.path):
+            result["current_snapshot"], result["current_sha256"] = _snapshot(ctx, current)
     except DataError as exc:
         return {**result, "passed": False, "problems": [str(exc)], "warnings": [],
                 "rows": {"reference": None, "current": None, "current_labelled": None}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,15 @@ def test_logged_traffic_drives_the_drift_step(trained, start_server, tmp_path, m
 
     validated = step("validate-data")  # the data contract holds for the served traffic too
     assert validated.returncode == 0, validated.stderr
+    snapshot = json.loads(validated.stdout)["current_snapshot"]
+    assert snapshot == "windows/current.jsonl"
+    # The log is live; validate froze the rows it checked into the run, and later steps read those:
+    # even with the log gone, the drift step sees the same 400 rows.
+    shutil.move(log_dir, tmp_path / "log-moved")
+    # A step on another machine (pod, Databricks job) has no local copy: it fetches the run's artifact.
+    local_copies = list((tmp_path / "ct" / "runs").rglob("current.jsonl"))
+    assert len(local_copies) == 1
+    local_copies[0].unlink()
     out = step("drift", "--out", str(tmp_path / "report"))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -62,3 +72,4 @@ def test_logged_traffic_drives_the_drift_step(trained, start_server, tmp_path, m
     assert result["features"]["age"]["drifted"] is False, result["features"]["age"]
     assert result["features"]["department"]["drifted"] is False, result["features"]["department"]
     assert (tmp_path / "report" / "drift_report.html").is_file()
+    assert local_copies[0].is_file()  # fetched back from the MLflow run
