@@ -138,6 +138,10 @@ class ColumnDrift(_Strict):
 
 
 class DriftConfig(_Strict):
+    #: what the current window is compared with: `config` = data.reference (fixed); `champion` = the
+    #: current window the champion was trained with (a sliding reference: "moved since the last retrain?"),
+    #: falling back to data.reference while there is none
+    reference: Literal["config", "champion"] = "config"
     method: str | None = None
     threshold: float | None = Field(default=None, gt=0.0)
     drift_share: float = Field(default=0.5, gt=0.0, le=1.0)

@@ -119,13 +119,15 @@ def _windows(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     return reference.frame, (current.frame if current is not None else None)
 
 
-def _snapshot(ctx: RunContext, current: Window) -> tuple[str, str]:
-    """Freeze a live current window (a prediction log) into the run: (artifact path, sha256)."""
+def _snapshot(ctx: RunContext, current: Window | pd.DataFrame) -> tuple[str, str]:
+    """Freeze a current window into the run (artifact windows/current.jsonl): (artifact path, sha256).
+    validate does it for a live prediction log; train for any window (the sliding drift reference)."""
     from ml.data import sha256_of
 
     path = ctx.work_dir / SNAPSHOT
     path.parent.mkdir(parents=True, exist_ok=True)
-    current.frame.to_json(path, orient="records", lines=True, date_format="iso")
+    frame = current.frame if hasattr(current, "frame") else current
+    frame.to_json(path, orient="records", lines=True, date_format="iso")
     ctx.log_artifact(path, str(Path(SNAPSHOT).parent))
     return SNAPSHOT, sha256_of(path)
 
@@ -182,11 +184,41 @@ def drift(ctx: RunContext) -> dict[str, Any]:
     reference, current = _windows(ctx)
     if current is None:
         return {"attempt": _attempt(ctx), "skipped": "no current window configured"}
+    compared_with = "data.reference"
+    if ctx.config.drift.reference == "champion":
+        champion_window = _champion_window(ctx)
+        if champion_window is not None:
+            compared_with, reference = champion_window
+        else:
+            compared_with = "data.reference (no champion trained with a current window yet)"
+    log.info("drift: current window (%d rows) vs %s (%d rows)", len(current), compared_with, len(reference))
     result = detect_drift(ctx.config, reference, current, report_dir=ctx.work_dir / "reports")
     if result.report_path:
         ctx.log_artifact(Path(result.report_path), "reports")
     ctx.client.log_metric(ctx.mlflow_run_id, "drift.drifted_share", result.drifted_share)
-    return {"attempt": _attempt(ctx), **result.to_dict()}
+    return {"attempt": _attempt(ctx), "compared_with": compared_with, **result.to_dict()}
+
+
+def _champion_window(ctx: RunContext) -> tuple[str, pd.DataFrame] | None:
+    """(description, frame) of the current window the champion was trained with, from its MLflow run."""
+    import mlflow
+
+    from ml.data import read_window
+    from ml.registry import CHAMPION, ensure_registered_model, version_by_alias
+    from ml.tracking import tracking_uri
+
+    ensure_registered_model(ctx.client, ctx.config.name)
+    mv = version_by_alias(ctx.client, ctx.config.name, CHAMPION)
+    if mv is None or not mv.run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT, dst_path=tmp,
+                                                       tracking_uri=tracking_uri())
+        except Exception:  # trained without a current window (or before windows were kept)
+            return None
+        frame = read_window(path, ctx.config.target).frame
+    return f"the current window champion v{mv.version} was trained with", frame
 
 
 def performance(ctx: RunContext) -> dict[str, Any]:
@@ -230,7 +262,8 @@ def decide(ctx: RunContext, *, force_retrain: bool = False) -> dict[str, Any]:
     validation = ctx.require("validate")
     drift_state = _current_step(ctx, "drift")
     perf_state = _current_step(ctx, "performance")
-    drift_result = DriftResult.from_dict({k: v for k, v in drift_state.items() if k != "attempt"}) \
+    drift_result = DriftResult.from_dict({k: v for k, v in drift_state.items()
+                                          if k not in ("attempt", "compared_with")}) \
         if drift_state and "features" in drift_state else None
     perf_result = PerformanceResult(**{k: v for k, v in perf_state.items() if k != "attempt"}) \
         if perf_state else None
@@ -276,6 +309,9 @@ def train(ctx: RunContext) -> dict[str, Any]:
     if config.training.window == "auto":
         windows = ["all", "current"] if "performance_decay" in triggers else ["all"]
     challenger = fit_best_challenger(config, reference, current, windows)
+    validation = ctx.require("validate")
+    if current is not None and not validation.get("current_snapshot"):
+        _snapshot(ctx, current)  # the window drift.reference: champion compares with once this one serves
     data = to_onnx(challenger.pipeline, config, challenger.data.classes)
     with mlflow.start_run(run_id=ctx.mlflow_run_id):
         info = mlflow.onnx.log_model(onnx.load_model_from_string(data), name="model", save_as_external_data=False,

@@ -89,6 +89,7 @@ def build_record(ctx: RunContext) -> dict[str, Any]:
         "drift": {
             "dataset_drift": drift.get("dataset_drift"), "drifted_share": drift.get("drifted_share"),
             "drift_share_threshold": drift.get("drift_share_threshold"),
+            "compared_with": drift.get("compared_with"),
             "features": drift.get("features", {}), "report": drift.get("report_path"),
             **({"skipped": drift["skipped"]} if "skipped" in drift else {}),
         },

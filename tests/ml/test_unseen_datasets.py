@@ -70,3 +70,20 @@ def test_pipeline_on_an_unseen_dataset(ct_home, tmp_path, task, classes, extra):
         assert shifted["gates"]["fairness"]["value"] is not None
     else:
         assert "not evaluated" in shifted["gates"]["fairness"]["detail"]
+
+
+def test_sliding_reference_compares_with_the_champions_training_window(ct_home, tmp_path):
+    """drift.reference: champion. Once a champion was trained on the shifted population, a new window from
+    that same population is no drift (skip), where the fixed data.reference would retrain every run."""
+    config, folder = write(tmp_path, "sliding", "binary", 30, 2, positive_class="churned",
+                           drift={"drift_share": 0.1, "reference": "champion"})
+    make_frame(slice(3000, 4500), 30, 4, shift=1.5).to_csv(folder / "shifted_again.csv", index=False)
+    first = run_pipeline(config.with_data(current=str(folder / "shifted.csv")), "r1")
+    assert first["status"] == "promoted", (first["errors"], first["failed_gates"])
+    assert first["drift"]["compared_with"].startswith("data.reference (no champion")
+    assert first["drift"]["dataset_drift"] is True  # against the fixed reference the shift shows
+
+    again = run_pipeline(config.with_data(current=str(folder / "shifted_again.csv")), "r2")
+    assert again["drift"]["compared_with"] == "the current window champion v1 was trained with"
+    assert again["drift"]["dataset_drift"] is False, again["drift"]["features"]
+    assert again["decision"] == "skip" and again["status"] == "skipped", again["reason"]
