@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ml.config import ModelConfig
-    from ml.data import Window
     from ml.export import OnnxModel
     from ml.tracking import RunContext
 
@@ -101,33 +100,21 @@ def _windows(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
     validation = ctx.load("validate") or {}
     if validation.get("current_snapshot"):
-        local = ctx.work_dir / validation["current_snapshot"]
-        if not local.exists():  # a step running elsewhere (pod, job): fetch it from the run
-            import mlflow
-
-            from ml.tracking import tracking_uri
-
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                fetched = mlflow.artifacts.download_artifacts(
-                    run_id=ctx.mlflow_run_id, artifact_path=validation["current_snapshot"], dst_path=tmp,
-                    tracking_uri=tracking_uri())
-                shutil.move(fetched, local)
+        snapshot = ctx.artifact(validation["current_snapshot"])
         reference = read_window(ctx.config.reference_path, ctx.config.target)
-        return reference.frame, read_window(str(local), ctx.config.target).frame
+        return reference.frame, read_window(str(snapshot), ctx.config.target).frame
     reference, current = load_windows(ctx.config)
     return reference.frame, (current.frame if current is not None else None)
 
 
-def _snapshot(ctx: RunContext, current: Window | pd.DataFrame) -> tuple[str, str]:
+def _snapshot(ctx: RunContext, current: pd.DataFrame) -> tuple[str, str]:
     """Freeze a current window into the run (artifact windows/current.jsonl): (artifact path, sha256).
     validate does it for a live prediction log; train for any window (the sliding drift reference)."""
     from ml.data import sha256_of
 
     path = ctx.work_dir / SNAPSHOT
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = current.frame if hasattr(current, "frame") else current
-    frame.to_json(path, orient="records", lines=True, date_format="iso")
+    current.to_json(path, orient="records", lines=True, date_format="iso")
     ctx.log_artifact(path, str(Path(SNAPSHOT).parent))
     return SNAPSHOT, sha256_of(path)
 
@@ -167,7 +154,7 @@ def validate(ctx: RunContext, *, dag_id: str | None = None, dag_run_id: str | No
         current = read_window(config.current_path, config.target) if config.current_path else None
         result["current_sha256"] = current.sha256 if current else None
         if current is not None and is_prediction_log(current.path):
-            result["current_snapshot"], result["current_sha256"] = _snapshot(ctx, current)
+            result["current_snapshot"], result["current_sha256"] = _snapshot(ctx, current.frame)
     except DataError as exc:
         return {**result, "passed": False, "problems": [str(exc)], "warnings": [],
                 "rows": {"reference": None, "current": None, "current_labelled": None}}
@@ -201,11 +188,9 @@ def drift(ctx: RunContext) -> dict[str, Any]:
 
 def _champion_window(ctx: RunContext) -> tuple[str, pd.DataFrame] | None:
     """(description, frame) of the current window the champion was trained with, from its MLflow run."""
-    import mlflow
-
     from ml.data import read_window
     from ml.registry import CHAMPION, ensure_registered_model, version_by_alias
-    from ml.tracking import tracking_uri
+    from ml.tracking import download_run_artifact
 
     ensure_registered_model(ctx.client, ctx.config.name)
     mv = version_by_alias(ctx.client, ctx.config.name, CHAMPION)
@@ -213,11 +198,10 @@ def _champion_window(ctx: RunContext) -> tuple[str, pd.DataFrame] | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT, dst_path=tmp,
-                                                       tracking_uri=tracking_uri())
+            path = download_run_artifact(mv.run_id, SNAPSHOT, Path(tmp) / Path(SNAPSHOT).name)
         except Exception:  # trained without a current window (or before windows were kept)
             return None
-        frame = read_window(path, ctx.config.target).frame
+        frame = read_window(str(path), ctx.config.target).frame
     return f"the current window champion v{mv.version} was trained with", frame
 
 
@@ -341,9 +325,6 @@ def train(ctx: RunContext) -> dict[str, Any]:
 
 
 def _download_model(model_uri: str, dest: Path) -> Path:
-    import shutil
-    import tempfile
-
     import mlflow
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -357,16 +338,9 @@ def _download_model(model_uri: str, dest: Path) -> Path:
 
 def _holdout(ctx: RunContext) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(raw holdout rows, labels, sklearn probabilities) stored by the train step."""
-    import mlflow
     import pandas as pd
 
-    folder = ctx.work_dir / "challenger"
-    path = folder / "holdout.parquet"
-    if not path.exists():  # trained elsewhere (a pod, a Databricks job): fetch from the run
-        path = Path(mlflow.artifacts.download_artifacts(run_id=ctx.mlflow_run_id,
-                                                        artifact_path="challenger/holdout.parquet",
-                                                        dst_path=str(folder.parent)))
-    frame = pd.read_parquet(path)
+    frame = pd.read_parquet(ctx.artifact("challenger/holdout.parquet"))  # fetched when trained elsewhere
     proba_cols = sorted((c for c in frame.columns if c.startswith("__ct_sklearn_p")), key=lambda c: int(c[14:]))
     return (frame.drop(columns=[*proba_cols, "__ct_y"]), frame["__ct_y"].to_numpy(),
             frame[proba_cols].to_numpy())

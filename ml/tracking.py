@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -100,6 +101,18 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
+def download_run_artifact(run_id: str, artifact_path: str, dest: Path) -> Path:
+    """Copy one artifact file of an MLflow run to the file path `dest`; returns `dest`."""
+    import mlflow
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fetched = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
+                                                      tracking_uri=tracking_uri())
+        shutil.move(fetched, dest)
+    return dest
+
+
 @dataclass
 class RunContext:
     """Everything a step needs to find its run: config, run key, MLflow run, local work folder."""
@@ -145,6 +158,14 @@ class RunContext:
             raise StateError(f"run {self.run_key!r} has no result of step '{step}': run that step first "
                              f"(same --run-key), or start the whole pipeline with `python -m ml run`")
         return result
+
+    def artifact(self, artifact_path: str) -> Path:
+        """This run's artifact as a local file: the copy this machine wrote, else (the step that wrote it
+        ran in a pod or a Databricks job) fetched from MLflow into the same place."""
+        local = self.work_dir / artifact_path
+        if not local.exists():
+            download_run_artifact(self.mlflow_run_id, artifact_path, local)
+        return local
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.mlflow_run_id, str(path), artifact_path)

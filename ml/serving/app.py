@@ -155,7 +155,7 @@ class ServingService:
         uri = self.settings.alias_uri
         if uri is None:
             return False
-        name, alias = uri.removeprefix("models:/").rsplit("@", 1)
+        name, _, alias = replace(self.settings, model_uri=uri).registry_ref or ("", None, None)
         found = version_by_alias(mlflow_client(), name, alias)
         if found is None:
             log.warning("following %s: the alias is not set, still serving version %s", uri, self.loaded.version)
