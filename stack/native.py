@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
+from ml.procs import group_alive
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,21 +358,6 @@ def _write_pids(cfg: StackConfig, pids: Mapping[str, int]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _group_alive(pgid: int) -> bool:
-    """True while any process of the group exists (reaping the leader first when it is our zombie child)."""
-    try:
-        os.waitpid(pgid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _spawn(cfg: StackConfig, name: str, cmd: list[str], env: Mapping[str, str],
            cwd: Path) -> subprocess.Popen[bytes]:
     with (cfg.log_dir / f"{name}.log").open("ab") as out:
@@ -426,7 +413,7 @@ def wait_ready(cfg: StackConfig, processes: Mapping[str, subprocess.Popen[bytes]
 
 def running(cfg: StackConfig) -> dict[str, int]:
     """The recorded services whose process group is still alive."""
-    return {name: pid for name, pid in _read_pids(cfg).items() if _group_alive(pid)}
+    return {name: pid for name, pid in _read_pids(cfg).items() if group_alive(pid)}
 
 
 def start(cfg: StackConfig, timeout_s: float = 180.0) -> dict[str, int]:
@@ -471,7 +458,7 @@ def start(cfg: StackConfig, timeout_s: float = 180.0) -> dict[str, int]:
 
 def stop(cfg: StackConfig, grace_s: float = 20.0) -> list[str]:
     """SIGTERM every recorded process group, SIGKILL what is left after grace_s. Returns the stopped services."""
-    alive = {name: pid for name, pid in _read_pids(cfg).items() if _group_alive(pid)}
+    alive = {name: pid for name, pid in _read_pids(cfg).items() if group_alive(pid)}
     # Airflow services first (their tasks still talk to MLflow), MLflow last.
     for _name, pgid in sorted(alive.items(), key=lambda item: item[0] == MLFLOW):
         try:
@@ -479,17 +466,17 @@ def stop(cfg: StackConfig, grace_s: float = 20.0) -> list[str]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_group_alive(pgid) for pgid in alive.values()):
+    while time.monotonic() < deadline and any(group_alive(pgid) for pgid in alive.values()):
         time.sleep(0.2)
     for name, pgid in alive.items():
-        if _group_alive(pgid):
+        if group_alive(pgid):
             log.warning("%s (process group %s) ignored SIGTERM for %.0fs: killing it", name, pgid, grace_s)
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_group_alive(pgid) for pgid in alive.values()):
+    while time.monotonic() < deadline and any(group_alive(pgid) for pgid in alive.values()):
         time.sleep(0.1)
     _write_pids(cfg, {})
     return list(alive)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.deploy.smoke import SmokeResult
+from ml.procs import alive
 from ml.tracking import ct_home
 
 log = logging.getLogger(__name__)
@@ -86,23 +87,8 @@ def _write_state(model_name: str, state: ServerState | None) -> None:
     tmp.replace(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of this process still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
 def is_serving(state: ServerState | None) -> bool:
-    if state is None or not _alive(state.pid):
+    if state is None or not alive(state.pid):
         return False
     try:
         with urllib.request.urlopen(f"{state.url}/health", timeout=2) as response:
@@ -126,7 +112,7 @@ def _is_model_server(pid: int) -> bool:
 def stop_server(model_name: str, state: ServerState | None = None, grace_s: float = 15.0) -> bool:
     """Stop the recorded server (SIGTERM, then SIGKILL after grace_s). True if one was running."""
     state = state or read_state(model_name)
-    if state is None or not _alive(state.pid):
+    if state is None or not alive(state.pid):
         return False
     if not _is_model_server(state.pid):
         log.warning("pid %s recorded for %s v%s is no longer the model server (stale state, pid reused): "
@@ -140,9 +126,9 @@ def stop_server(model_name: str, state: ServerState | None = None, grace_s: floa
         log.warning("pid %s recorded for %s belongs to another user: not stopping it", state.pid, model_name)
         return False
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(state.pid):
+    while time.monotonic() < deadline and alive(state.pid):
         time.sleep(0.05)
-    if _alive(state.pid):
+    if alive(state.pid):
         log.warning("server pid %s ignored SIGTERM for %.0fs: killing it", state.pid, grace_s)
         os.killpg(state.pid, signal.SIGKILL)
     log.info("stopped %s v%s (pid %s)", model_name, state.version, state.pid)

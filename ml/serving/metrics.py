@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ml.procs import alive
+
 log = logging.getLogger(__name__)
 
 #: Latency histogram upper bounds, seconds.
@@ -108,7 +110,7 @@ class Metrics:
                 snap = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # being replaced right now: the next scrape sees it
-            if not _alive(int(snap.get("pid", 0))):
+            if not alive(int(snap.get("pid", 0))):
                 snap["gauges"] = {}
             out.append(snap)
         return out
@@ -180,14 +182,3 @@ class Metrics:
 def _esc(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
