@@ -9,7 +9,7 @@ Every run ends with a run record, whatever it decided.
 Training runs where `training_backend` (param) or the config's `training.backend` says: `local` (in
 the worker), `kubernetes` (a pod) or `databricks` (a job run); deploying goes to `deploy.target`:
 `local` (a process on 127.0.0.1) or `kubernetes` (the deployer pod patches the serving Deployment).
-Both choices are branch tasks that read the config at run time.
+Both choices are branch tasks (ConfigBranchOperator) that read the config at run time.
 
 Trigger from the UI ("Trigger DAG" form) or `airflow dags trigger retraining --conf '{...}'` with:
 `config`, `reference_path`, `current_path` (override the config's data), `force_retrain` and
@@ -23,11 +23,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from ct_airflow.databricks import DatabricksTrainOperator
 from ct_airflow.kubernetes import KubernetesDeployOperator, KubernetesTrainOperator
 from ct_airflow.operators import (
+    ConfigBranchOperator,
     DecideBranchOperator,
     DeployLocalOperator,
     DriftCheckOperator,
@@ -42,22 +43,6 @@ from ct_airflow.operators import (
 
 DEFAULT_CONFIG = os.environ.get(
     "CT_DEFAULT_CONFIG", str(Path(__file__).resolve().parent.parent / "configs" / "employee-attrition.yaml"))
-
-
-@task.branch(task_id="choose_backend")
-def choose_backend(config: str, backend: str | None, train_tasks: dict[str, str]) -> str:
-    """The train task of the `training_backend` param, else of the config's `training.backend`."""
-    from ml.config import load_config
-
-    return train_tasks[backend or load_config(config).training.backend]
-
-
-@task.branch(task_id="choose_target")
-def choose_target(config: str, deploy_tasks: dict[str, str]) -> str:
-    """The deploy task of the config's `deploy.target`."""
-    from ml.config import load_config
-
-    return deploy_tasks[load_config(config).deploy.target]
 
 
 PATHS = {
@@ -106,8 +91,9 @@ with DAG(
             "kubernetes": KubernetesTrainOperator(task_id="train_kubernetes", **PATHS),
             "databricks": DatabricksTrainOperator(task_id="train_databricks", **PATHS),
         }
-        backend = choose_backend("{{ params.config }}", "{{ params.training_backend }}",
-                                 {name: op.task_id for name, op in train.items()})
+        backend = ConfigBranchOperator(task_id="choose_backend", config_path="{{ params.config }}",
+                                       setting="training.backend", override="{{ params.training_backend }}",
+                                       branches={name: op.task_id for name, op in train.items()})
         gates = GatesOperator(task_id="gates", retries=0, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
                               **PATHS)
         register = RegisterOperator(task_id="register", **PATHS)
@@ -118,12 +104,14 @@ with DAG(
             "local": DeployLocalOperator(task_id="deploy_local", **PATHS),
             "kubernetes": KubernetesDeployOperator(task_id="deploy_kubernetes", **PATHS),
         }
-        target = choose_target("{{ params.config }}", {name: op.task_id for name, op in deploy.items()})
+        target = ConfigBranchOperator(task_id="choose_target", config_path="{{ params.config }}",
+                                      setting="deploy.target",
+                                      branches={name: op.task_id for name, op in deploy.items()})
         promote = PromoteOperator(task_id="promote", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **PATHS)
         target >> list(deploy.values()) >> promote
 
     skip = EmptyOperator(task_id="skip")
-    decide = DecideBranchOperator(task_id="decide", retrain_task_id=backend.operator.task_id,
+    decide = DecideBranchOperator(task_id="decide", retrain_task_id=backend.task_id,
                                   skip_task_id=skip.task_id,
                                   force_retrain="{{ params.force_retrain }}", **PATHS)
     record = RunRecordOperator(task_id="run_record", retries=0, trigger_rule=TriggerRule.ALL_DONE, **PATHS)

@@ -1,4 +1,4 @@
-"""`python -m ml <step>`: every pipeline step on the command line (DESIGN.md 3b).
+"""`python -m ml <step>`: every pipeline step on the command line.
 
 Common flags: --config PATH, --reference PATH, --current PATH, --out DIR, --run-key KEY.
 Each command prints ONE JSON document on stdout (logs go to stderr) and exits non-zero on failure
@@ -12,7 +12,6 @@ remembers it, so `validate-data`, `drift`, `train`... typed one after the other 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -26,9 +25,23 @@ from ml.errors import ConfigError, CTError
 
 log = logging.getLogger("ml")
 
+#: Command name -> pipeline step (ml.state.Step values): `validate-data` is the validate step.
 STEP_COMMANDS = {"validate-data": "validate", "drift": "drift", "performance": "performance", "decide": "decide",
                  "train": "train", "gates": "gates", "register": "register", "deploy": "deploy",
                  "promote": "promote"}
+
+
+def step_argv(step: str, config_path: str, run_key: str, reference_path: str | None = None,
+              current_path: str | None = None) -> list[str]:
+    """The arguments of `python -m ml` that run one step of a run elsewhere (a Kubernetes pod, a Databricks
+    job): the contract between the remote operators and this parser, defined next to it."""
+    command = next(name for name, value in STEP_COMMANDS.items() if value == step)
+    args = [command, "--config", config_path, "--run-key", run_key]
+    if reference_path:
+        args += ["--reference", reference_path]
+    if current_path:
+        args += ["--current", current_path]
+    return args
 
 
 def _common(parser: argparse.ArgumentParser, run_key: bool = True) -> None:
@@ -124,22 +137,12 @@ def _status(config: Any) -> dict[str, Any]:
 
 
 def _rollback(config: Any, reason: str) -> dict[str, Any]:
-    from ml.data import read_window
-    from ml.deploy import rollout
-    from ml.deploy.smoke import smoke_records
-    from ml.registry import CHAMPION, move_alias, rollback_target
-    from ml.tracking import mlflow_client
+    from ml.pipeline import rollback
 
-    client = mlflow_client()
-    current, target = rollback_target(client, config.name)
-    records = smoke_records(read_window(config.reference_path).frame, config, config.deploy.smoke_rows)
-    deployed = rollout(config, target, records)
-    if not deployed.ok:
-        raise CTError(f"rollback to v{target} failed to deploy ({deployed.detail}); champion stays v{current}")
-    move = move_alias(client, config.name, CHAMPION, target, reason=f"rollback of v{current}: {reason}",
-                      kind="rollback")
-    return {"model": config.name, "rolled_back_from": current, "champion": target, "move": move.to_dict(),
-            "deployment": deployed.to_dict()}
+    record, promotion = rollback(config, reason)
+    return {"model": config.name, "run_key": record.run_key, "status": record.status,
+            "rolled_back_from": promotion.previous, "champion": promotion.version, "move": promotion.move.to_dict(),
+            "deployment": record.deployment}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,8 +181,10 @@ def check_config_digest(path: str) -> None:
     expected = os.environ.get("CT_CONFIG_SHA256")
     if not expected:
         return
+    from ml.config import config_sha256
+
     try:
-        actual = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        actual = config_sha256(path)
     except OSError:
         return  # load_config names the missing file
     if actual != expected:
@@ -199,50 +204,48 @@ def _dispatch(args: argparse.Namespace) -> int:
         _emit(_rollback(config, args.reason))
         return 0
 
-    from ml.pipeline import execute, run_pipeline
-    from ml.record import finish_run, outcome_message
+    from ml.pipeline import deploy_version, run_pipeline, run_step
+    from ml.record import finish_run
+    from ml.state import Step
     from ml.tracking import open_run
 
     if args.command == "run":
         key = _run_key(args, config.name, new=True)
         record = run_pipeline(config, key, force_retrain=args.force_retrain)
-        _emit(record)
-        _copy_out(args.out, "run_record", record, [Path(record["drift"].get("report") or "")])
-        message = outcome_message(record)
-        if message:
-            sys.stderr.write(f"error: {message}\n")
-            return 1
-        return 0
-    step = STEP_COMMANDS.get(args.command, args.command)
-    key = _run_key(args, config.name, new=(step == "validate"))
+        _emit(record.to_dict())
+        _copy_out(args.out, "run_record", record.to_dict(), [Path(record.drift.get("report") or "")])
+        return _failed(record.failure())
+    if args.command == "deploy" and args.version:
+        record, deployed = deploy_version(config, args.version)
+        _emit({"run_key": record.run_key, **deployed.to_dict()})
+        return _failed(None if deployed.ok else f"deploy {deployed.status}: {deployed.detail}")
+    step = Step(STEP_COMMANDS.get(args.command, args.command)) if args.command != "record" else None
+    key = _run_key(args, config.name, new=(step is Step.VALIDATE))
     ctx = open_run(config, key)
-    if step == "record":
+    if step is None:
         record = finish_run(ctx)
-        _emit(record)
-        _copy_out(args.out, "run_record", record, [])
-        return 1 if outcome_message(record) else 0
-    kwargs: dict[str, Any] = {}
-    if step == "decide":
-        kwargs["force_retrain"] = args.force_retrain
-    if step == "deploy" and args.version:
-        from ml.data import read_window
-        from ml.deploy import rollout
-        from ml.deploy.smoke import smoke_records
-
-        records = smoke_records(read_window(config.reference_path).frame, config, config.deploy.smoke_rows)
-        result = rollout(config, args.version, records).to_dict()
-        _emit(result)
-        return 0 if result["status"] in ("deployed", "unchanged") else 1
+        _emit(record.to_dict())
+        _copy_out(args.out, "run_record", record.to_dict(), [])
+        return _failed(record.failure())
+    kwargs: dict[str, Any] = {"force_retrain": args.force_retrain} if step is Step.DECIDE else {}
     try:
-        result = execute(step, ctx, **kwargs)
+        result = run_step(step, ctx, **kwargs).result
     except CTError:
-        stored = ctx.load(step)
-        if stored is not None:  # the outcome (e.g. a rolled-back deploy) as JSON, then exit code 1
-            _emit({"run_key": key, **stored})
+        stored = ctx.load_state().record(step)
+        if stored is not None and stored.result is not None:  # the outcome (a rolled-back deploy) as JSON
+            _emit({"run_key": key, **stored.result.to_dict()})
         raise
-    _emit({"run_key": key, **result})
-    files = [ctx.work_dir / "reports" / "drift_report.html"] if step == "drift" else []
-    if step == "train":
+    document = {"run_key": key, **result.to_dict()}
+    _emit(document)
+    files = [ctx.work_dir / "reports" / "drift_report.html"] if step is Step.DRIFT else []
+    if step is Step.TRAIN:
         files = [ctx.work_dir / "challenger" / "model.onnx", ctx.work_dir / "challenger" / "holdout.parquet"]
-    _copy_out(args.out, args.command, result, files)
+    _copy_out(args.out, args.command, document, files)
+    return 0
+
+
+def _failed(message: str | None) -> int:
+    if message:
+        sys.stderr.write(f"error: {message}\n")
+        return 1
     return 0

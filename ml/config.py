@@ -326,6 +326,13 @@ def parse_config(raw: Any, source: str = "<config>") -> ModelConfig:
         raise ConfigError(f"invalid config {source}: " + "; ".join(problems)) from None
 
 
+def config_sha256(path: str | Path) -> str:
+    """sha256 of a config file's bytes: what a step started elsewhere checks it runs on (CT_CONFIG_SHA256)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def load_config(path: str | Path) -> ModelConfig:
     """Read and validate a model config YAML file."""
     p = Path(path)

@@ -14,19 +14,23 @@ Decision rules, in order (the first that applies wins; the reason names every tr
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from ml.metrics import HIGHER_IS_BETTER
+from ml.result import Result
 
 if TYPE_CHECKING:
     from ml.drift import DriftResult
 
-Verdict = Literal["retrain", "skip", "blocked"]
+#: retrain | skip | blocked are the pipeline's; rollback | deploy record an operator's action (ml.pipeline).
+Verdict = Literal["retrain", "skip", "blocked", "rollback", "deploy"]
 
 
 @dataclass(frozen=True)
-class PerformanceResult:
+class PerformanceResult(Result):
+    summary_fields = ("champion_version", "metric", "on_reference", "on_current", "decayed", "detail")
+
     champion_version: str | None
     metric: str
     on_reference: float | None
@@ -36,18 +40,15 @@ class PerformanceResult:
     max_decay: float
     detail: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Decision:
+class Decision(Result):
+    summary_fields = ("decision", "reason", "triggers")
+
     decision: Verdict
     reason: str
     triggers: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    force_retrain: bool = False
 
 
 def assess_performance(metric: str, champion_version: str | None, on_reference: float | None,

@@ -9,12 +9,13 @@ any of Evidently's registered stattests (`available_methods()`). The result is p
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.data import model_frame
 from ml.errors import ConfigError
+from ml.result import Result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FeatureDrift:
+class FeatureDrift(Result):
     method: str
     score: float
     threshold: float
@@ -33,24 +34,28 @@ class FeatureDrift:
 
 
 @dataclass(frozen=True)
-class DriftResult:
+class DriftResult(Result):
+    """The drift step's result. `skipped` (with no features) when there was no current window to compare."""
+
+    summary_fields = ("dataset_drift", "drifted_share", "drift_share_threshold", "report_path", "skipped")
+
     dataset_drift: bool
     drifted_share: float
     drift_share_threshold: float
-    features: dict[str, FeatureDrift]
+    features: dict[str, FeatureDrift] = field(default_factory=dict)
     report_path: str | None = None
+    #: what the current window was compared with (drift.reference), in words
+    compared_with: str | None = None
+    skipped: str | None = None
+
+    @classmethod
+    def not_run(cls, reason: str, drift_share_threshold: float) -> DriftResult:
+        return cls(dataset_drift=False, drifted_share=0.0, drift_share_threshold=drift_share_threshold,
+                   skipped=reason)
 
     @property
     def drifted_features(self) -> list[str]:
         return [name for name, f in self.features.items() if f.drifted]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DriftResult:
-        feats = {k: FeatureDrift(**v) for k, v in data["features"].items()}
-        return cls(**{**data, "features": feats})
 
 
 def available_methods() -> list[str]:

@@ -50,3 +50,28 @@ class DeployError(CTError):
 
 class StateError(CTError):
     """A step needs the result of an earlier step of the same run, and it is missing."""
+
+
+class GatesFailed(GateError):
+    """At least one gate failed: the challenger is rejected (not registered)."""
+
+
+class StepFailed(CTError):
+    """A step raised an error that is not one of the project's own (a bug, an unreachable server); it is
+    rebuilt under this type, with the original type in the message, wherever the failure is read back."""
+
+    retryable = True  # the unexpected ones are infrastructure far more often than bad input
+
+
+def _subclasses(cls: type[CTError]) -> list[type[CTError]]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+def rebuild_error(type_name: str, message: str, retryable: bool) -> CTError:
+    """The error a stored failure stands for: the project error class of that name (so a step that failed
+    in a pod fails the Airflow task the way it would have in the worker), else StepFailed."""
+    known = {cls.__name__: cls for cls in _subclasses(CTError)}
+    cls = known.get(type_name)
+    error = cls(message) if cls is not None else StepFailed(f"{type_name}: {message}" if type_name else message)
+    error.retryable = retryable
+    return error

@@ -19,10 +19,12 @@ Gates (pure functions over arrays, so they are tested without MLflow or files):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ml.errors import GatesFailed
 from ml.metrics import HIGHER_IS_BETTER, predict_labels, score
+from ml.result import Result
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,19 +34,21 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class GateResult:
+class GateResult(Result):
     passed: bool
     value: float | None
     threshold: float | None
     detail: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class GateReport:
+class GateReport(Result):
+    """The gates step's result: every gate, and the champion the challenger was judged against."""
+
+    summary_fields = ("passed", "failed", "champion_version")
+
     gates: dict[str, GateResult]
+    champion_version: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -55,8 +59,13 @@ class GateReport:
         return [name for name, g in self.gates.items() if not g.passed]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "failed": self.failed,
-                "gates": {name: g.to_dict() for name, g in self.gates.items()}}
+        return {"passed": self.passed, "failed": self.failed, **super().to_dict()}
+
+    def stop_error(self) -> GatesFailed | None:
+        if self.passed:
+            return None
+        details = "; ".join(f"{name}: {self.gates[name].detail}" for name in self.failed)
+        return GatesFailed(f"challenger rejected, gate(s) failed: {', '.join(self.failed)} ({details})")
 
 
 def _finite(x: float | None) -> float | None:
@@ -197,4 +206,4 @@ def evaluate_gates(config: ModelConfig, *, y: np.ndarray, challenger_proba: np.n
     results["onnx_parity"] = parity_gate(sklearn_proba, challenger_proba, g.parity_tolerance)
     results["latency"] = latency_gate(latency_p99_ms, g.max_latency_ms)
     results["size"] = size_gate(size_bytes, g.max_size_mb)
-    return GateReport(results)
+    return GateReport(results, champion_version=champion_version)

@@ -1,143 +1,186 @@
-"""The run record: one JSON document per run, whatever the run decided (DESIGN.md contract 3).
+"""The run record: one JSON document per run, whatever the run decided (README "The run record").
 
-`build_record` assembles it from the step results stored in the run (only those of the current
-attempt), so a run that failed half-way still gets a complete, honest record. `finish_run` writes it
-to the MLflow run (artifact `run_record.json`, tags, run status) and to the local run folder.
+`build_record` is a pure function of the run state (ml.state: only the current attempt's records),
+so a run that failed half-way still gets a complete, honest record. `finish_run` is the edge that
+writes it: to the MLflow run (artifact `run_record.json`, tags, run status) and to the run folder.
 
 status: promoted | skipped | blocked (data contract) | rejected (a gate failed)
         | rolled_back (deploy failed, previous version restored) | failed (a step errored)
+        | deployed (`python -m ml deploy --version`: serving, champion unchanged)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from ml.decision import Decision, PerformanceResult
+from ml.deploy import DeployResult
+from ml.drift import DriftResult
+from ml.gates import GateReport
+from ml.registry import Promotion, Registration
+from ml.result import Result
+from ml.state import RunState, Step
+from ml.train import TrainResult
 
 if TYPE_CHECKING:
     from ml.tracking import RunContext
 
 log = logging.getLogger(__name__)
 
+Status = Literal["promoted", "skipped", "blocked", "rejected", "rolled_back", "failed", "deployed"]
 FAILED_STATUSES = ("blocked", "rejected", "rolled_back", "failed")
+#: Decisions of runs that are an operator's action rather than the pipeline's checks.
+OPERATIONS = ("rollback", "deploy")
 
 
-def _error(step: dict[str, Any] | None) -> str | None:
-    return step.get("error") if step else None
+@dataclass(frozen=True)
+class RunRecord(Result):
+    """The record's top level; the sections (data, contract, drift, ...) are the JSON the README documents."""
+
+    model: str
+    run_id: str
+    run_key: str
+    dag_id: str | None
+    dag_run_id: str | None
+    started_at: str | None
+    finished_at: str
+    status: Status
+    data: dict[str, Any]
+    contract: dict[str, Any]
+    drift: dict[str, Any]
+    performance: dict[str, Any]
+    decision: str
+    reason: str | None
+    triggers: list[str]
+    training: dict[str, Any] | None
+    gates: dict[str, Any]
+    failed_gates: list[str]
+    challenger_version: str | None
+    promoted: bool
+    champion_version: str | None
+    deployment: dict[str, Any]
+    errors: dict[str, str]
+
+    def failure(self) -> str | None:
+        """Why the run counts as failed (None when it succeeded: promoted, skipped or deployed)."""
+        if self.status not in FAILED_STATUSES:
+            return None
+        if self.status == "blocked":
+            return f"run blocked: {self.reason}"
+        if self.status == "rejected":
+            return f"challenger rejected by gate(s) {', '.join(self.failed_gates)}; champion unchanged"
+        if self.status == "rolled_back":
+            return f"deploy failed and was rolled back: {self.deployment['detail']}"
+        if self.errors:
+            return "run failed: " + "; ".join(f"{k}: {v}" for k, v in self.errors.items())
+        return "run failed"
 
 
-def build_record(ctx: RunContext) -> dict[str, Any]:
-    from ml.pipeline import STEPS
-
-    validation = ctx.load("validate") or {}
-    attempt = validation.get("attempt")
-    steps: dict[str, dict[str, Any] | None] = {"validate": validation or None}
-    for name in STEPS[1:]:
-        result = ctx.load(name)
-        steps[name] = result if result is not None and result.get("attempt") == attempt else None
-    decision = steps["decide"] or {}
-    drift = steps["drift"] or {}
-    perf = steps["performance"] or {}
-    trained = steps["train"] or {}
-    gates = steps["gates"] or {}
-    registered = steps["register"] or {}
-    deployed = steps["deploy"] or {}
-    promoted = steps["promote"] or {}
-
-    contract_passed = bool(validation.get("passed")) and not _error(validation)
-    errors = {name: _error(s) for name, s in steps.items() if _error(s)}
-    if not contract_passed:
-        verdict, reason = "blocked", decision.get("reason") or "data contract failed: " + "; ".join(
-            validation.get("problems") or [validation.get("error") or "validation did not run"])
-    else:
-        verdict, reason = decision.get("decision"), decision.get("reason")
-
-    if not contract_passed:
-        status = "blocked"
-    elif errors:
-        status = "failed"
-    elif verdict == "skip":
-        status = "skipped"
-    elif gates and not gates.get("passed", True):
-        status = "rejected"
-    elif deployed.get("status") in ("rolled_back", "failed"):
-        status = "rolled_back" if deployed.get("rolled_back") else "failed"
-    elif promoted.get("promoted"):
-        status = "promoted"
-    else:
-        status = "failed" if verdict == "retrain" else (verdict or "failed")
-
-    rows = validation.get("rows") or {}
-    record: dict[str, Any] = {
-        "model": ctx.config.name,
-        "run_id": ctx.mlflow_run_id,
-        "run_key": ctx.run_key,
-        "dag_id": validation.get("dag_id"),
-        "dag_run_id": validation.get("dag_run_id"),
-        "started_at": validation.get("started_at"),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "status": status,
-        "data": {
-            "reference_path": validation.get("reference_path"), "current_path": validation.get("current_path"),
-            "reference_sha256": validation.get("reference_sha256"),
-            "current_sha256": validation.get("current_sha256"), "rows": rows,
-        },
-        "contract": {"passed": contract_passed, "problems": validation.get("problems") or
-                     ([validation["error"]] if validation.get("error") else []),
-                     "warnings": validation.get("warnings") or []},
-        "drift": {
-            "dataset_drift": drift.get("dataset_drift"), "drifted_share": drift.get("drifted_share"),
-            "drift_share_threshold": drift.get("drift_share_threshold"),
-            "compared_with": drift.get("compared_with"),
-            "features": drift.get("features", {}), "report": drift.get("report_path"),
-            **({"skipped": drift["skipped"]} if "skipped" in drift else {}),
-        },
-        "performance": {k: perf.get(k) for k in ("champion_version", "metric", "on_reference", "on_current",
-                                                  "decayed", "labelled_rows", "detail")},
-        "decision": verdict or "blocked",
-        "reason": reason,
-        "triggers": decision.get("triggers", []),
-        "training": {k: trained.get(k) for k in ("estimator", "window", "candidates", "train_rows", "eval_rows",
-                                                  "eval_source", "metrics", "model_uri")} if trained else None,
-        "gates": gates.get("gates", {}),
-        "failed_gates": gates.get("failed", []),
-        "challenger_version": registered.get("version"),
-        "promoted": bool(promoted.get("promoted")),
-        "champion_version": promoted.get("version") if promoted.get("promoted") else perf.get("champion_version"),
-        "deployment": {"target": deployed.get("target", ctx.config.deploy.target) if deployed else None,
-                       "version": deployed.get("version"), "status": deployed.get("status"),
-                       "rolled_back": bool(deployed.get("rolled_back")), "url": deployed.get("url"),
-                       "detail": deployed.get("detail")},
-        "errors": errors,
-    }
-    return record
+def run_status(state: RunState) -> Status:
+    """The status rules, in order: contract, step errors, the decision, the gates, the deploy, the promotion."""
+    validation = state.validation
+    decision = state.get(Step.DECIDE, Decision)
+    operation = decision is not None and decision.decision in OPERATIONS
+    if not operation and (validation is None or not validation.passed):
+        validate = state.record(Step.VALIDATE)
+        return "failed" if validate is not None and validate.failed else "blocked"
+    if any(record.failed for step in Step if (record := state.record(step)) is not None):
+        return "failed"
+    if decision is not None and decision.decision == "skip":
+        return "skipped"
+    report = state.get(Step.GATES, GateReport)
+    if report is not None and not report.passed:
+        return "rejected"
+    deployed = state.get(Step.DEPLOY, DeployResult)
+    if deployed is not None and not deployed.ok:
+        return "rolled_back" if deployed.rolled_back else "failed"
+    promotion = state.get(Step.PROMOTE, Promotion)
+    if promotion is not None and promotion.promoted:
+        return "promoted"
+    return "deployed" if deployed is not None and decision is not None and decision.decision == "deploy" else "failed"
 
 
-def outcome_message(record: dict[str, Any]) -> str | None:
-    """Why the run counts as failed (None when it succeeded: promoted or skipped)."""
-    status = record["status"]
-    if status not in FAILED_STATUSES:
-        return None
-    if status == "blocked":
-        return f"run blocked: {record['reason']}"
-    if status == "rejected":
-        return f"challenger rejected by gate(s) {', '.join(record['failed_gates'])}; champion unchanged"
-    if status == "rolled_back":
-        return f"deploy failed and was rolled back: {record['deployment']['detail']}"
-    return "run failed: " + "; ".join(f"{k}: {v}" for k, v in record["errors"].items()) if record["errors"] \
-        else "run failed"
+def _drift_section(drift: DriftResult | None) -> dict[str, Any]:
+    if drift is None or drift.skipped is not None:
+        section: dict[str, Any] = {"dataset_drift": None, "drifted_share": None, "drift_share_threshold": None,
+                                   "compared_with": None, "features": {}, "report": None}
+        return section | ({"skipped": drift.skipped} if drift is not None else {})
+    return {"dataset_drift": drift.dataset_drift, "drifted_share": drift.drifted_share,
+            "drift_share_threshold": drift.drift_share_threshold, "compared_with": drift.compared_with,
+            "features": {name: f.to_dict() for name, f in drift.features.items()}, "report": drift.report_path}
 
 
-def finish_run(ctx: RunContext) -> dict[str, Any]:
-    """Build the record and write it to MLflow (artifact, tags, run status) and the run folder."""
-    record = build_record(ctx)
-    ctx.client.log_dict(ctx.mlflow_run_id, record, "run_record.json")
-    (ctx.work_dir / "run_record.json").write_text(json.dumps(record, indent=2, default=str))
-    ctx.client.set_tag(ctx.mlflow_run_id, "ct.status", record["status"])
-    ctx.client.set_tag(ctx.mlflow_run_id, "ct.decision", record["decision"])
-    if record["reason"]:
-        ctx.client.set_tag(ctx.mlflow_run_id, "ct.reason", str(record["reason"])[:4000])
-    ctx.client.set_terminated(ctx.mlflow_run_id, "FAILED" if outcome_message(record) else "FINISHED")
-    log.info("run record: %s", json.dumps(record, default=str))
+def _section(result: Result | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    data = result.to_dict() if result is not None else {}
+    return {k: data.get(k) for k in keys}
+
+
+def build_record(state: RunState, *, model: str, run_id: str, finished_at: str | None = None) -> RunRecord:
+    """The record of the run's current attempt. Pure: reads the state, writes nothing."""
+    validation = state.validation
+    decision = state.get(Step.DECIDE, Decision)
+    perf = state.get(Step.PERFORMANCE, PerformanceResult)
+    trained = state.get(Step.TRAIN, TrainResult)
+    report = state.get(Step.GATES, GateReport)
+    registered = state.get(Step.REGISTER, Registration)
+    deployed = state.get(Step.DEPLOY, DeployResult)
+    promotion = state.get(Step.PROMOTE, Promotion)
+    errors = {str(step): record.error.message for step in Step
+              if (record := state.record(step)) is not None and record.error is not None}
+    if decision is not None:
+        verdict, reason = decision.decision, decision.reason
+    elif validation is not None and not validation.passed:
+        verdict, reason = "blocked", "data contract failed: " + "; ".join(validation.problems)
+    elif Step.VALIDATE in errors:
+        verdict, reason = "blocked", f"validate failed: {errors[Step.VALIDATE]}"
+    else:  # a check step failed before the decision
+        verdict, reason = "blocked", None if validation is not None else "validation did not run"
+    promoted = promotion is not None and promotion.promoted
+    return RunRecord(
+        model=model, run_id=run_id, run_key=state.run_key,
+        dag_id=validation.dag_id if validation else None, dag_run_id=validation.dag_run_id if validation else None,
+        started_at=validation.started_at if validation else None,
+        finished_at=finished_at or datetime.now(UTC).isoformat(timespec="seconds"), status=run_status(state),
+        data={**_section(validation, ("reference_path", "current_path", "reference_sha256", "current_sha256")),
+              "rows": validation.rows if validation else {}},
+        contract={"passed": bool(validation and validation.passed),
+                  "problems": (validation.problems if validation else []) or
+                  ([errors[Step.VALIDATE]] if Step.VALIDATE in errors else []),
+                  "warnings": validation.warnings if validation else []},
+        drift=_drift_section(state.get(Step.DRIFT, DriftResult)),
+        performance=_section(perf, ("champion_version", "metric", "on_reference", "on_current", "decayed",
+                                    "labelled_rows", "detail")),
+        decision=verdict, reason=reason, triggers=decision.triggers if decision else [],
+        training=_section(trained, ("estimator", "window", "candidates", "train_rows", "eval_rows", "eval_source",
+                                    "metrics", "model_uri")) if trained else None,
+        gates={name: g.to_dict() for name, g in report.gates.items()} if report else {},
+        failed_gates=report.failed if report else [],
+        challenger_version=registered.version if registered else None,
+        promoted=promoted,
+        champion_version=promotion.version if promoted and promotion else (perf.champion_version if perf else None),
+        deployment={"target": deployed.target if deployed else None,
+                    **_section(deployed, ("version", "status")),
+                    "rolled_back": bool(deployed and deployed.rolled_back),
+                    **_section(deployed, ("url", "detail"))},
+        errors=errors,
+    )
+
+
+def finish_run(ctx: RunContext) -> RunRecord:
+    """Build the record from the stored state and write it to MLflow (artifact, tags, run status) and the
+    run folder."""
+    record = build_record(ctx.load_state(), model=ctx.config.name, run_id=ctx.mlflow_run_id)
+    document = record.to_dict()
+    ctx.client.log_dict(ctx.mlflow_run_id, document, "run_record.json")
+    (ctx.work_dir / "run_record.json").write_text(json.dumps(document, indent=2, default=str))
+    ctx.client.set_tag(ctx.mlflow_run_id, "ct.status", record.status)
+    ctx.client.set_tag(ctx.mlflow_run_id, "ct.decision", record.decision)
+    if record.reason:
+        ctx.client.set_tag(ctx.mlflow_run_id, "ct.reason", str(record.reason)[:4000])
+    ctx.client.set_terminated(ctx.mlflow_run_id, "FAILED" if record.failure() else "FINISHED")
+    log.info("run record: %s", json.dumps(document, default=str))
     return record

@@ -17,16 +17,23 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.errors import RegistryError
+from ml.result import Result
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+
+    from ml.decision import Decision
+    from ml.drift import DriftResult
+    from ml.gates import GateReport
+    from ml.state import Validation
+    from ml.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ _LOG_LIMIT = 4500  # MLflow caps tag values at 5000 characters
 
 
 @dataclass(frozen=True)
-class AliasMove:
+class AliasMove(Result):
     alias: str
     version: str
     previous: str | None
@@ -47,8 +54,28 @@ class AliasMove:
     at: str
     kind: str  # "promote" | "rollback"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class Registration(Result):
+    """The register step's result: the version (created by this run, or found from an earlier attempt)."""
+
+    summary_fields = ("version", "created")
+
+    version: str
+    created: bool
+    challenger_alias: AliasMove
+
+
+@dataclass(frozen=True)
+class Promotion(Result):
+    """The promote step's result: `champion` now names `version` (it named `previous`)."""
+
+    summary_fields = ("version", "previous", "promoted")
+
+    version: str
+    previous: str | None
+    promoted: bool
+    move: AliasMove
 
 
 def actor() -> str:
@@ -96,6 +123,29 @@ def version_for_run(client: MlflowClient, name: str, mlflow_run_id: str) -> Mode
     """The version registered from this MLflow run, if any (the idempotency key of registration)."""
     found = client.search_model_versions(f"name='{name}' and run_id='{mlflow_run_id}'")
     return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def version_tags(*, run_key: str, mlflow_run_id: str, code_version: str, validation: Validation,
+                 trained: TrainResult, gates: GateReport, decision: Decision | None,
+                 drift: DriftResult | None) -> dict[str, str]:
+    """The tags a registered version carries: lineage, data, drift summary, holdout metrics, every gate."""
+    measured = drift if drift is not None and drift.skipped is None else None
+    tags = {
+        SHA_TAG: trained.onnx_sha256, "ct.run_key": run_key, "ct.mlflow_run_id": mlflow_run_id,
+        "ct.dag_id": validation.dag_id or "", "ct.dag_run_id": validation.dag_run_id or "",
+        "ct.code_version": code_version, "ct.estimator": trained.estimator,
+        "ct.reference_sha256": validation.reference_sha256 or "",
+        "ct.current_sha256": validation.current_sha256 or "",
+        "ct.reference_path": validation.reference_path or "", "ct.current_path": validation.current_path or "",
+        "ct.eval_source": trained.eval_source, "ct.decision_reason": (decision.reason if decision else "")[:4000],
+        "ct.drift": json.dumps({"dataset_drift": measured.dataset_drift if measured else None,
+                                "drifted_share": measured.drifted_share if measured else None,
+                                "drifted": measured.drifted_features if measured else []}),
+    }
+    tags |= {f"ct.metric.{k}": str(v) for k, v in trained.metrics.items()}
+    tags |= {f"ct.gate.{name}": json.dumps({"passed": g.passed, "value": g.value, "threshold": g.threshold})
+             for name, g in gates.gates.items()}
+    return tags
 
 
 def register_version(client: MlflowClient, name: str, model_uri: str, model_id: str | None,

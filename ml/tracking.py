@@ -2,9 +2,10 @@
 
 A pipeline run is identified by its *run key* (the Airflow dag_run_id, or one the CLI makes up).
 `open_run` finds the MLflow run tagged with that key or creates it, so re-running a DAG run resumes
-the same MLflow run instead of starting a second one. Each step stores its JSON result as the
+the same MLflow run instead of starting a second one. Each step stores its record (ml.state) as the
 artifact `steps/<step>.json` of that run: steps executed elsewhere (a Kubernetes pod, a Databricks
 job) hand their results to the next step through MLflow, not through a shared disk.
+`RunContext.load_state` reads all of them at once; a step reads the state once and passes it down.
 
 Where: MLFLOW_TRACKING_URI when set; otherwise a SQLite store under $CT_HOME/mlflow (CT_HOME
 defaults to ./.ct).
@@ -18,9 +19,10 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from ml.config import ModelConfig
+    from ml.state import RunState, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,20 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 RUN_KEY_TAG = "ct.run_key"
 RUN_KEY_HASH_TAG = "ct.run_key_sha"
+STEPS_FOLDER = "steps"
+
+
+@cache
+def code_version() -> str:
+    """The code that ran: $CT_CODE_VERSION, else the git commit of this checkout, else 'unknown'."""
+    if os.environ.get("CT_CODE_VERSION"):
+        return os.environ["CT_CODE_VERSION"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5, check=True)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def ct_home() -> Path:
@@ -132,32 +149,30 @@ class RunContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def save(self, step: str, result: dict[str, Any]) -> None:
-        """Store a step's result in the MLflow run (and a local copy for people to read)."""
-        self.client.log_dict(self.mlflow_run_id, result, f"steps/{step}.json")
-        local = self.work_dir / "steps" / f"{step}.json"
+    def save_record(self, record: StepRecord) -> None:
+        """Store a step's record in the MLflow run (and a local copy for people to read)."""
+        document = record.to_dict()
+        self.client.log_dict(self.mlflow_run_id, document, f"{STEPS_FOLDER}/{record.step.value}.json")
+        local = self.work_dir / STEPS_FOLDER / f"{record.step.value}.json"
         local.parent.mkdir(exist_ok=True)
-        local.write_text(json.dumps(result, indent=2, default=str))
+        local.write_text(json.dumps(document, indent=2, default=str))
 
-    def load(self, step: str) -> dict[str, Any] | None:
-        """A step's stored result, or None when that step has not stored one in this run."""
+    def load_step_documents(self) -> dict[str, dict[str, Any]]:
+        """Every step record stored in the run as JSON, by step name: one listing, one folder download."""
         import mlflow
 
+        if not self.client.list_artifacts(self.mlflow_run_id, STEPS_FOLDER):
+            return {}
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=self.mlflow_run_id, artifact_path=f"steps/{step}.json", dst_path=tmp,
-                    tracking_uri=tracking_uri())
-            except Exception:  # MLflow raises OSError/MlflowException variants for "not there"
-                return None
-            return json.loads(Path(path).read_text())
+            folder = Path(mlflow.artifacts.download_artifacts(
+                run_id=self.mlflow_run_id, artifact_path=STEPS_FOLDER, dst_path=tmp, tracking_uri=tracking_uri()))
+            return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
 
-    def require(self, step: str) -> dict[str, Any]:
-        result = self.load(step)
-        if result is None:
-            raise StateError(f"run {self.run_key!r} has no result of step '{step}': run that step first "
-                             f"(same --run-key), or start the whole pipeline with `python -m ml run`")
-        return result
+    def load_state(self) -> RunState:
+        """The run state (ml.state) from every stored step record, read once."""
+        from ml.state import RunState
+
+        return RunState.from_documents(self.run_key, self.load_step_documents())
 
     def artifact(self, artifact_path: str) -> Path:
         """This run's artifact as a local file: the copy this machine wrote, else (the step that wrote it
@@ -169,6 +184,39 @@ class RunContext:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.mlflow_run_id, str(path), artifact_path)
+
+    def log_onnx_model(self, data: bytes, *, estimator: str, params: dict[str, Any], train_rows: int,
+                       eval_rows: int, eval_source: str, metrics: dict[str, float]) -> Any:
+        """Log the challenger's ONNX file as the run's MLflow model (with its estimator, parameters and
+        holdout metrics); returns MLflow's ModelInfo (model_id, model_uri)."""
+        import mlflow
+        import mlflow.onnx
+        import onnx
+        import onnxruntime
+
+        with mlflow.start_run(run_id=self.mlflow_run_id):
+            info = mlflow.onnx.log_model(onnx.load_model_from_string(data), name="model", save_as_external_data=False,
+                                         pip_requirements=[f"onnxruntime=={onnxruntime.__version__}"],
+                                         metadata={"estimator": estimator},
+                                         params={"estimator": estimator,
+                                                 **{f"param.{k}": str(v) for k, v in params.items()}})
+            mlflow.log_params({"estimator": estimator, "train_rows": train_rows, "eval_rows": eval_rows,
+                               "eval_source": eval_source})
+            mlflow.log_metrics({f"challenger.{k}": v for k, v in metrics.items() if v == v})
+        return info
+
+
+def download_model(model_uri: str, dest: Path) -> Path:
+    """The single .onnx file of a logged model, copied to `dest`/model.onnx."""
+    import mlflow
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = list(Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp)).rglob("*.onnx"))
+        if len(files) != 1:
+            raise StateError(f"{model_uri}: expected one .onnx file, found {len(files)}")
+        shutil.copyfile(files[0], dest / "model.onnx")
+    return dest / "model.onnx"
 
 
 def open_run(config: ModelConfig, run_key: str, tags: dict[str, str] | None = None) -> RunContext:

@@ -14,13 +14,16 @@ unchanged, so `training.window: auto` lets the holdout decide.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ml.data import class_labels, encode_target, labelled, model_frame
 from ml.errors import TrainingError
+from ml.result import Result
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     import pandas as pd
 
@@ -53,10 +56,17 @@ class Challenger:
     window: str = "all"
     candidates: dict[str, float] = field(default_factory=dict)  # window -> holdout metric, when several
 
+    @property
+    def holdout(self) -> Holdout:
+        return Holdout(frame=self.data.eval_frame, y=self.data.y_eval, sklearn_proba=self.eval_proba)
+
 
 @dataclass(frozen=True)
-class TrainResult:
-    """The step's output (what XCom and the run state carry)."""
+class TrainResult(Result):
+    """The train step's result: the logged challenger and how it was trained."""
+
+    summary_fields = ("model_id", "model_uri", "onnx_sha256", "estimator", "train_rows", "eval_rows",
+                      "eval_source", "metrics")
 
     model_id: str
     model_uri: str
@@ -71,8 +81,39 @@ class TrainResult:
     window: str = "all"
     candidates: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+#: The holdout the gates judge on and the deploy smoke-tests with, as the train step stores it in the run.
+HOLDOUT_ARTIFACT = "challenger/holdout.parquet"
+_LABEL_COLUMN = "__ct_y"
+_PROBA_PREFIX = "__ct_sklearn_p"
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Raw holdout rows (every column), their class indices and the fitted pipeline's probabilities."""
+
+    frame: pd.DataFrame
+    y: np.ndarray
+    sklearn_proba: np.ndarray
+
+    def write(self, path: Path) -> None:
+        """One Parquet file: the rows, plus the label and the probabilities under reserved column names."""
+        table = self.frame.copy()
+        table[_LABEL_COLUMN] = self.y
+        for i in range(self.sklearn_proba.shape[1]):
+            table[f"{_PROBA_PREFIX}{i}"] = self.sklearn_proba[:, i]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(path, index=False)
+
+    @classmethod
+    def read(cls, path: Path) -> Holdout:
+        import pandas as pd
+
+        table = pd.read_parquet(path)
+        proba = sorted((c for c in table.columns if c.startswith(_PROBA_PREFIX)),
+                       key=lambda c: int(c[len(_PROBA_PREFIX):]))
+        return cls(frame=table.drop(columns=[*proba, _LABEL_COLUMN]), y=table[_LABEL_COLUMN].to_numpy(),
+                   sklearn_proba=table[proba].to_numpy())
 
 
 def build_pipeline(config: ModelConfig) -> Any:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ml.deploy.local import DeployResult
+from ml.deploy import DeployResult, SmokeCheck
 from ml.deploy.smoke import SmokeResult
 from ml.errors import DeployError
 
@@ -52,10 +52,6 @@ REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 FIELD_MANAGER = "ct-deployer"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-
-#: (service URL, version, sha256 or None) -> result; sha256 is None when the template pins none.
-Smoke = Callable[[str, str, "str | None"], SmokeResult]
-
 
 @dataclass(frozen=True)
 class KubernetesTarget:
@@ -273,7 +269,7 @@ def _read(api: AppsV1Api, target: KubernetesTarget) -> V1Deployment:
         raise DeployError(f"cannot read Deployment {target.ref}: {_api_error(exc)}{hint}") from None
 
 
-def deploy_kubernetes(model_name: str, version: str, sha256: str, target: KubernetesTarget, *, smoke: Smoke,
+def deploy_kubernetes(model_name: str, version: str, sha256: str, target: KubernetesTarget, *, smoke: SmokeCheck,
                       api: AppsV1Api | None = None, clock: Callable[[], float] = time.monotonic,
                       sleep: Callable[[float], None] = time.sleep) -> DeployResult:
     """Roll the serving Deployment to `version`; smoke-test; restore the previous template on failure."""
@@ -321,7 +317,7 @@ def deploy_kubernetes(model_name: str, version: str, sha256: str, target: Kubern
 
 
 def _roll_back(api: AppsV1Api, target: KubernetesTarget, model_name: str, version: str, failure: str,
-               check: SmokeResult | None, *, fallback: dict[str, Any] | None, before: ServedModel, smoke: Smoke,
+               check: SmokeResult | None, *, fallback: dict[str, Any] | None, before: ServedModel, smoke: SmokeCheck,
                clock: Callable[[], float], sleep: Callable[[float], None]) -> DeployResult:
     """Put back the template that served before (or the newest older revision) and verify it."""
     smoke_dict = check.to_dict() if check is not None else None

@@ -16,20 +16,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from ml.deploy import DeployResult, SmokeCheck
 from ml.deploy.smoke import SmokeResult
 from ml.procs import alive
 from ml.tracking import ct_home
 
 log = logging.getLogger(__name__)
-
-Smoke = Callable[[str, str, str], SmokeResult]  # (base_url, version, sha256) -> result
-
 
 @dataclass(frozen=True)
 class ServerState:
@@ -45,25 +41,6 @@ class ServerState:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class DeployResult:
-    target: str
-    version: str
-    previous_version: str | None
-    status: str  # deployed | unchanged | rolled_back | failed
-    rolled_back: bool
-    url: str | None
-    detail: str
-    smoke: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("deployed", "unchanged")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def serving_dir(model_name: str) -> Path:
@@ -176,7 +153,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _start_and_check(model_name: str, version: str, model_path: Path, sha256: str, host: str, port: int,
-                     timeout_s: float, smoke: Smoke) -> tuple[ServerState | None, SmokeResult]:
+                     timeout_s: float, smoke: SmokeCheck) -> tuple[ServerState | None, SmokeResult]:
     try:
         state = start_server(model_name, version, model_path, sha256, host, port, timeout_s)
     except RuntimeError as exc:
@@ -189,7 +166,7 @@ def _start_and_check(model_name: str, version: str, model_path: Path, sha256: st
 
 
 def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *, host: str, port: int,
-                 timeout_s: float, smoke: Smoke) -> DeployResult:
+                 timeout_s: float, smoke: SmokeCheck) -> DeployResult:
     """Serve `version` on host:port; roll back to the previous server if it fails the smoke test."""
     previous = read_state(model_name)
     running = is_serving(previous)

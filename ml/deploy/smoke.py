@@ -12,8 +12,10 @@ import math
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ml.result import Result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,14 +24,11 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class SmokeResult:
+class SmokeResult(Result):
     passed: bool
     detail: str
     checks: list[str] = field(default_factory=list)
     latency_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _call(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:

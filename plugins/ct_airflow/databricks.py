@@ -16,8 +16,9 @@ DatabricksSubmitRunOperator and the connection `training.databricks.connection_i
 `submit_run_payload` is the pure function that builds the request (tests assert it and round-trip it
 through databricks-sdk). The submit operator is built at run time: the config is read at run time, DAG
 params must not be injected into the wheel's named_parameters, and the `{{secrets/...}}` references
-must not meet Jinja. Deferral (`execute_complete`) and `on_kill` (cancels the run) are delegated to it.
-The step's result comes back through the MLflow run state, as for the Kubernetes pods.
+must not meet Jinja. `ct_airflow.remote.RemoteStepOperator` runs it and forwards its deferral re-entry and
+`on_kill` (which cancels the run); the step's result comes back through the MLflow run state, as for the
+Kubernetes pods.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
-from ct_airflow.kubernetes import RemoteStepMixin, default_deferrable, step_arguments
-from ct_airflow.kubernetes import config_sha256 as file_sha256
+from ct_airflow.remote import RemoteStepOperator
 
 if TYPE_CHECKING:
     from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
@@ -46,6 +44,7 @@ def submit_run_payload(config: ModelConfig, *, run_key: str, reference_path: str
 
     `config_sha256` (of the file Airflow read) makes the job refuse a config file on the cluster that differs.
     """
+    from ml.cli import step_argv
     from ml.errors import ConfigError
 
     db = config.training.databricks
@@ -79,7 +78,7 @@ def submit_run_payload(config: ModelConfig, *, run_key: str, reference_path: str
         "python_wheel_task": {
             "package_name": db.package_name,
             "entry_point": db.entry_point,
-            "parameters": step_arguments("train", db.config_path, run_key, reference_path, current_path),
+            "parameters": step_argv("train", db.config_path, run_key, reference_path, current_path),
         },
         "libraries": libraries,
         "timeout_seconds": db.timeout_s,
@@ -97,14 +96,9 @@ def idempotency_token(dag_id: str, run_key: str, task_id: str, try_number: int) 
     return hashlib.sha256(f"{dag_id}|{run_key}|{task_id}|{try_number}".encode()).hexdigest()
 
 
-class DatabricksTrainOperator(RemoteStepMixin, BaseOperator):
+class DatabricksTrainOperator(RemoteStepOperator):
     """Train the challenger as a Databricks job run (backend `databricks`, config `training.databricks`).
 
-    :param config_path: path of the model config YAML as Airflow sees it (templated)
-    :param reference_path: reference window override passed to the job as typed, empty for none (templated)
-    :param current_path: current window override passed to the job as typed, empty for none (templated)
-    :param run_key: the pipeline run; default the Airflow run id (templated)
-    :param deferrable: wait in the triggerer; None = `[operators] default_deferrable`
     :param polling_period_seconds: seconds between run-state polls
     """
 
@@ -115,45 +109,18 @@ class DatabricksTrainOperator(RemoteStepMixin, BaseOperator):
     def __init__(self, *, polling_period_seconds: int = 30, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.polling_period_seconds = polling_period_seconds
-        self._submit: DatabricksSubmitRunOperator | None = None
 
-    def submit_operator(self, context: Context) -> DatabricksSubmitRunOperator:
-        """The provider's submit operator for the rendered fields (reads the config file)."""
+    def inner_operator(self, context: Context) -> DatabricksSubmitRunOperator:
         from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
 
-        from ml.config import load_config
+        from ml.config import config_sha256, load_config
 
         config = load_config(self.config_path)
         token = idempotency_token(self.dag_id, self.run_key, self.task_id, context["ti"].try_number)
         payload = submit_run_payload(config, run_key=self.run_key, reference_path=self.reference_path or None,
                                      current_path=self.current_path or None, idempotency_token=token,
-                                     config_sha256=file_sha256(self.config_path))
-        self._submit = DatabricksSubmitRunOperator(
+                                     config_sha256=config_sha256(self.config_path))
+        return DatabricksSubmitRunOperator(
             task_id=self.task_id, json=payload, databricks_conn_id=config.training.databricks.connection_id,
             polling_period_seconds=self.polling_period_seconds, wait_for_termination=True,
-            deferrable=default_deferrable() if self.deferrable is None else bool(self.deferrable))
-        return self._submit
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        try:
-            submit = self.submit_operator(context)
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        try:
-            submit.execute(context)  # deferrable: raises TaskDeferred (a BaseException) to come back below
-        except Exception as exc:
-            self._remote_failed(exc)
-        return self._summary()
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after the trigger saw the run end: fail with its errors or return the step's result."""
-        try:
-            self.submit_operator(context).execute_complete(context, event)
-        except Exception as exc:
-            self._remote_failed(exc)
-        return self._summary()
-
-    def on_kill(self) -> None:
-        if self._submit is not None:
-            self._submit.on_kill()
+            deferrable=self.deferrable_mode())

@@ -7,9 +7,9 @@
 The pod is a KubernetesPodOperator built at run time by `build_step_pod_operator` from the model
 config (image, namespace, service account, resources: `training.kubernetes` / `deploy.kubernetes`),
 because the config is read at run time, never at parse time, and because importing the Kubernetes
-client costs ~0.9 s that DAG parsing must not pay. The operators delegate `execute`, the deferral
-re-entry (`trigger_reentry`, deferrable when `deferrable=True` or `[operators] default_deferrable`) and
-`on_kill` to that pod operator.
+client costs ~0.9 s that DAG parsing must not pay. `ct_airflow.remote.RemoteStepOperator` runs that pod
+operator (deferrable when `deferrable=True` or `[operators] default_deferrable`) and forwards its
+re-entry and `on_kill`.
 
 Config delivery: the pod reads the model config from the image (/app/configs/<file name>, see
 docker/ml.Dockerfile) or from `config_path` (e.g. a mounted ConfigMap). Before running, the pod checks
@@ -17,30 +17,22 @@ that the file's sha256 is the one of the file Airflow read (env CT_CONFIG_SHA256
 with exit code 2 instead of training on another config. MLFLOW_TRACKING_URI and any artifact-store
 credentials come from the Secret `mlflow_secret` (envFrom), never from Airflow literals.
 
-Results travel through MLflow (steps/<step>.json of the run), not an XCom sidecar: after the pod, the
-operator reads the step's result of this attempt and returns its summary; when the pod failed because
-the step failed (a rolled-back deploy, bad data), the task fails without retry with the step's message.
+Results travel through MLflow (steps/<step>.json of the run), not an XCom sidecar (see ct_airflow.remote).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
-from ct_airflow.operators import _SUMMARY_KEYS, _PipelineMixin
+from ct_airflow.remote import RemoteStepOperator
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow.sdk import Context
 
     from ml.config import ModelConfig
-    from ml.tracking import RunContext
 
 IMAGE_CONFIG_DIR = "/app/configs"
 POD_USER_ID = 10001  # the non-root user of docker/ml.Dockerfile
@@ -101,15 +93,19 @@ class StepPod:
         raise ValueError(f"no pod for step '{step}': steps run in pods are 'train' and 'deploy'")
 
 
-def step_arguments(step: str, config_path: str, run_key: str, reference_path: str | None = None,
-                   current_path: str | None = None) -> list[str]:
-    """Arguments of `python -m ml` in the pod (the container command is the CONFIG_GUARD shell)."""
-    args = [step, "--config", config_path, "--run-key", run_key]
-    if reference_path:
-        args += ["--reference", reference_path]
-    if current_path:
-        args += ["--current", current_path]
-    return args
+def _locked_down() -> dict[str, Any]:
+    """The pod's and the container's security contexts: non-root, no privileges, read-only root, seccomp."""
+    from kubernetes.client import models as k8s
+
+    seccomp = k8s.V1SeccompProfile(type="RuntimeDefault")
+    return {
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True, run_as_user=POD_USER_ID, run_as_group=POD_USER_ID, fs_group=POD_USER_ID,
+            seccomp_profile=seccomp),
+        "container_security_context": k8s.V1SecurityContext(
+            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
+            privileged=False, capabilities=k8s.V1Capabilities(drop=["ALL"]), seccomp_profile=seccomp),
+    }
 
 
 def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run_key: str,
@@ -124,13 +120,14 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
     from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
     from kubernetes.client import models as k8s
 
+    from ml.cli import step_argv
+
     pod = StepPod.for_step(config, step)
     env = {"CT_CONFIG": pod.config_path, "CT_HOME": "/tmp/ct", "HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
     if config_sha256:
         env["CT_CONFIG_SHA256"] = config_sha256
     if dag_id:  # who moved what, in the registry's audit log (ml.registry.actor)
         env |= {"AIRFLOW_CTX_DAG_ID": dag_id, "AIRFLOW_CTX_DAG_RUN_ID": run_key}
-    seccomp = k8s.V1SeccompProfile(type="RuntimeDefault")
     options: dict[str, Any] = {
         "on_finish_action": "delete_succeeded_pod",  # failed pods stay for `kubectl logs/describe`
         "get_logs": True,
@@ -148,7 +145,7 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
         image=pod.image,
         image_pull_policy=pod.image_pull_policy,
         cmds=["/bin/sh", "-c", CONFIG_GUARD, "ct"],
-        arguments=step_arguments(step, pod.config_path, run_key, reference_path, current_path),
+        arguments=step_argv(step, pod.config_path, run_key, reference_path, current_path),
         env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=pod.env_secret, optional=False))],
         labels={"app.kubernetes.io/name": "ct-retraining", "app.kubernetes.io/component": pod.component,
@@ -159,12 +156,7 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
         container_resources=k8s.V1ResourceRequirements(
             requests={"cpu": pod.cpu, "memory": pod.memory, "ephemeral-storage": "256Mi"},
             limits={"memory": pod.memory}),
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=POD_USER_ID, run_as_group=POD_USER_ID, fs_group=POD_USER_ID,
-            seccomp_profile=seccomp),
-        container_security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
-            privileged=False, capabilities=k8s.V1Capabilities(drop=["ALL"]), seccomp_profile=seccomp),
+        **_locked_down(),
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=pod.tmp_size))],
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
         node_selector=pod.node_selector or None,
@@ -175,81 +167,9 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
     )
 
 
-def config_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def default_deferrable() -> bool:
-    """`[operators] default_deferrable`, read at run time."""
-    from airflow.sdk.configuration import conf
-
-    return conf.getboolean("operators", "default_deferrable", fallback=False)
-
-
-class RemoteStepMixin(_PipelineMixin):
-    """A step that runs elsewhere (pod, Databricks job) and stores its result in the MLflow run state."""
-
-    step: str = ""
-    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key")
-
-    def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
-                 run_key: str = "{{ run_id }}", deferrable: bool | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
-        self.reference_path = reference_path
-        self.current_path = current_path
-        self.run_key = run_key
-        self.deferrable = deferrable
-
-    def _step_result(self, ctx: RunContext) -> dict[str, Any] | None:
-        """The step's stored result, only if it belongs to this attempt (the one `validate` drew)."""
-        validate = ctx.load("validate") or {}
-        result = ctx.load(self.step)
-        if result is None or result.get("attempt") != validate.get("attempt"):
-            return None
-        return result
-
-    def _summary(self) -> dict[str, Any]:
-        ctx = self._context()
-        result = self._step_result(ctx)
-        if result is None or "error" in result:
-            raise AirflowException(
-                f"the remote '{self.step}' finished but run {self.run_key!r} holds no '{self.step}' result of this "
-                "attempt in MLflow: does the remote side use the same MLFLOW_TRACKING_URI as Airflow?")
-        summary = {k: result[k] for k in _SUMMARY_KEYS.get(self.step, ()) if k in result}
-        self.log.info("%s: %s", self.step, summary)
-        return {"run_key": self.run_key, "mlflow_run_id": ctx.mlflow_run_id, **summary}
-
-    def _remote_failed(self, exc: BaseException) -> None:
-        """Fail without retry when the step itself failed (its error is in the run state); otherwise
-        (pod eviction, image pull, API trouble) re-raise for the task's retries."""
-        import ml.errors
-
-        try:
-            result = self._step_result(self._context())
-        except Exception:  # MLflow unreachable: nothing to learn, keep the original failure
-            self.log.warning("could not read the '%s' result from MLflow", self.step, exc_info=True)
-            raise exc from None
-        if result is None:
-            raise exc
-        if "error" in result:
-            error_type = getattr(ml.errors, str(result.get("error_type")), None)
-            if isinstance(error_type, type) and getattr(error_type, "retryable", False):
-                raise exc
-            raise AirflowFailException(f"{self.step} failed: {result['error']}") from exc
-        if result.get("status") not in (None, "deployed", "unchanged"):
-            raise AirflowFailException(f"{self.step} {result['status']}: {result.get('detail')}") from exc
-        raise exc
-
-
-class KubernetesStepOperator(RemoteStepMixin, BaseOperator):
+class KubernetesStepOperator(RemoteStepOperator):
     """Run one pipeline step (`python -m ml <step>`) in a pod described by the model config.
 
-    :param config_path: path of the model config YAML as Airflow sees it (templated)
-    :param reference_path: reference window override passed to the pod as typed, empty for none (templated)
-    :param current_path: current window override passed to the pod as typed, empty for none (templated)
-    :param run_key: the pipeline run; default the Airflow run id (templated)
-    :param deferrable: wait for the pod in the triggerer; None = `[operators] default_deferrable`
     :param poll_interval: seconds between pod status polls
     """
 
@@ -258,44 +178,16 @@ class KubernetesStepOperator(RemoteStepMixin, BaseOperator):
     def __init__(self, *, poll_interval: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.poll_interval = poll_interval
-        self._pod: KubernetesPodOperator | None = None
 
-    def pod_operator(self) -> KubernetesPodOperator:
-        """The KubernetesPodOperator for the rendered fields (reads the config file)."""
-        from ml.config import load_config
+    def inner_operator(self, context: Context) -> KubernetesPodOperator:
+        from ml.config import config_sha256, load_config
 
-        config = load_config(self.config_path)
-        self._pod = build_step_pod_operator(
-            config, step=self.step, task_id=self.task_id, run_key=self.run_key,
+        return build_step_pod_operator(
+            load_config(self.config_path), step=self.step, task_id=self.task_id, run_key=self.run_key,
             config_sha256=config_sha256(self.config_path), reference_path=self.reference_path or None,
             current_path=self.current_path or None, dag_id=self.dag_id if self.has_dag() else None,
-            deferrable=default_deferrable() if self.deferrable is None else bool(self.deferrable),
-            poll_interval=self.poll_interval, execution_timeout=self.execution_timeout)
-        return self._pod
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        try:
-            pod = self.pod_operator()
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        try:
-            pod.execute(context)  # deferrable: raises TaskDeferred (a BaseException) to come back below
-        except Exception as exc:
-            self._remote_failed(exc)
-        return self._summary()
-
-    def trigger_reentry(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after the trigger saw the pod finish: logs, clean-up, then the step's result."""
-        try:
-            self.pod_operator().trigger_reentry(context, event)
-        except Exception as exc:
-            self._remote_failed(exc)
-        return self._summary()
-
-    def on_kill(self) -> None:
-        if self._pod is not None:
-            self._pod.on_kill()
+            deferrable=self.deferrable_mode(), poll_interval=self.poll_interval,
+            execution_timeout=self.execution_timeout)
 
 
 class KubernetesTrainOperator(KubernetesStepOperator):

@@ -1,19 +1,20 @@
-"""The pipeline's operators: one per step, all built on `PipelineStepOperator`.
+"""The pipeline's operators: one per step, all built on `PipelineOperator`.
 
     ValidateDataOperator -> DriftCheckOperator / PerformanceCheckOperator -> DecideBranchOperator
-    -> TrainOperator -> GatesOperator -> RegisterOperator -> DeployLocalOperator -> PromoteOperator
+    -> ConfigBranchOperator (training.backend) -> TrainOperator -> GatesOperator -> RegisterOperator
+    -> ConfigBranchOperator (deploy.target) -> DeployLocalOperator -> PromoteOperator
     -> RunRecordOperator (trigger_rule=all_done: every run ends with a record)
 
 Nothing here touches MLflow, files or the network at DAG-parse time: `__init__` only assigns, and
-`ml` is imported inside `execute`. Errors of the `ml.errors.CTError` family become
-`AirflowFailException` (no retry: bad data or a failed gate stays bad) unless they are marked
-retryable (registry races), which then go through the task's normal retries.
+`ml` is imported inside `execute`. `fail_task` maps errors to Airflow's semantics in one place: the
+`ml.errors.CTError` family becomes `AirflowFailException` (no retry: bad data or a failed gate stays
+bad) unless it is retryable (registry races, unreachable servers), which goes through the task's retries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 from airflow.sdk import BaseBranchOperator, BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
@@ -21,48 +22,30 @@ from airflow.sdk.exceptions import AirflowFailException
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from ml.decision import Decision
+    from ml.state import StepRecord
     from ml.tracking import RunContext
 
-#: Keys of a step result worth showing in XCom (the full result is in the MLflow run state).
-_SUMMARY_KEYS = {
-    "validate": ("passed", "problems", "warnings", "rows", "reference_sha256", "current_sha256"),
-    "drift": ("dataset_drift", "drifted_share", "drift_share_threshold", "report_path", "skipped"),
-    "performance": ("champion_version", "metric", "on_reference", "on_current", "decayed", "detail"),
-    "train": ("model_id", "model_uri", "onnx_sha256", "estimator", "train_rows", "eval_rows", "eval_source",
-              "metrics"),
-    "gates": ("passed", "failed", "champion_version"),
-    "register": ("version", "created"),
-    "deploy": ("target", "version", "previous_version", "status", "rolled_back", "url", "detail"),
-    "promote": ("version", "previous", "promoted"),
-}
+RUN_FIELDS = ("config_path", "reference_path", "current_path", "run_key")
 
 
-class _PipelineMixin:
-    """Shared plumbing: render params into a config and find this run's MLflow run."""
+def fail_task(exc: BaseException) -> NoReturn:
+    """Raise `exc` the way Airflow should see it: a non-retryable project error fails the task for good."""
+    from ml.errors import CTError
 
-    config_path: str
-    reference_path: str | None
-    current_path: str | None
-    run_key: str
-
-    def _context(self) -> RunContext:
-        from ml.config import load_config
-        from ml.tracking import open_run
-
-        config = load_config(self.config_path).with_data(self.reference_path or None, self.current_path or None)
-        return open_run(config, self.run_key)
-
-    @staticmethod
-    def _fail(exc: Exception) -> None:
-        from ml.errors import CTError
-
-        if isinstance(exc, CTError) and not exc.retryable:
-            raise AirflowFailException(str(exc)) from exc
-        raise exc
+    if isinstance(exc, CTError) and not exc.retryable:
+        raise AirflowFailException(str(exc)) from exc
+    raise exc
 
 
-class PipelineStepOperator(_PipelineMixin, BaseOperator):
-    """Run one step of `ml.pipeline` for the model config and run key given.
+def step_summary(run_key: str, mlflow_run_id: str, record: StepRecord) -> dict[str, Any]:
+    """What a step task returns to XCom: the run, and the step result's summary (the rest is in MLflow)."""
+    summary = record.result.summary() if record.result is not None else {}
+    return {"run_key": run_key, "mlflow_run_id": mlflow_run_id, **summary}
+
+
+class PipelineOperator(BaseOperator):
+    """Base of every operator that works on a run: the templated fields that name the model and the run.
 
     :param config_path: path of the model config YAML (templated)
     :param reference_path: reference window overriding the config's, empty for none (templated)
@@ -70,9 +53,7 @@ class PipelineStepOperator(_PipelineMixin, BaseOperator):
     :param run_key: identifies the pipeline run; default the Airflow run id (templated)
     """
 
-    step: str = ""
-    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key")
-    ui_color = "#e8f4ea"
+    template_fields: Sequence[str] = RUN_FIELDS
 
     def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
                  run_key: str = "{{ run_id }}", **kwargs: Any) -> None:
@@ -82,24 +63,38 @@ class PipelineStepOperator(_PipelineMixin, BaseOperator):
         self.current_path = current_path
         self.run_key = run_key
 
+    def run_context(self) -> RunContext:
+        """The run's MLflow context for the rendered fields (reads the config file)."""
+        from ml.config import load_config
+        from ml.tracking import open_run
+
+        config = load_config(self.config_path).with_data(self.reference_path or None, self.current_path or None)
+        return open_run(config, self.run_key)
+
+
+class StepOperator(PipelineOperator):
+    """Run one step of the pipeline (`ml.pipeline.run_step`) in the worker."""
+
+    step: ClassVar[str] = ""
+    ui_color = "#e8f4ea"
+
     def step_kwargs(self, context: Context) -> dict[str, Any]:
         return {}
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from ml.pipeline import execute
+        from ml.pipeline import run_step
 
         try:
-            ctx = self._context()
-            result = execute(self.step, ctx, **self.step_kwargs(context))
+            ctx = self.run_context()
+            record = run_step(self.step, ctx, **self.step_kwargs(context))
         except Exception as exc:
-            self._fail(exc)
-            raise
-        summary = {k: result[k] for k in _SUMMARY_KEYS.get(self.step, ()) if k in result}
+            fail_task(exc)
+        summary = step_summary(self.run_key, ctx.mlflow_run_id, record)
         self.log.info("%s: %s", self.step, summary)
-        return {"run_key": self.run_key, "mlflow_run_id": ctx.mlflow_run_id, **summary}
+        return summary
 
 
-class ValidateDataOperator(PipelineStepOperator):
+class ValidateDataOperator(StepOperator):
     """Read the windows and check the data contract; fails closed naming every violation."""
 
     step = "validate"
@@ -108,131 +103,152 @@ class ValidateDataOperator(PipelineStepOperator):
         return {"dag_id": self.dag_id, "dag_run_id": context["run_id"]}
 
 
-class DriftCheckOperator(PipelineStepOperator):
-    """Evidently drift report (per column + dataset share), HTML report logged to MLflow."""
+class DriftCheckOperator(StepOperator):
+    """Drift per column and for the dataset; the Evidently HTML report logged to MLflow."""
 
     step = "drift"
 
 
-class PerformanceCheckOperator(PipelineStepOperator):
+class PerformanceCheckOperator(StepOperator):
     """The champion's metric on the labelled current rows vs its holdout metric."""
 
     step = "performance"
 
 
-class TrainOperator(PipelineStepOperator):
+class TrainOperator(StepOperator):
     """Fit the challenger in the worker and log its ONNX model to the run (backend `local`)."""
 
     step = "train"
     ui_color = "#fff3d6"
 
 
-class GatesOperator(PipelineStepOperator):
+class GatesOperator(StepOperator):
     """Evaluate every validation gate; fails (no retry) naming the gates that rejected the challenger."""
 
     step = "gates"
 
 
-class RegisterOperator(PipelineStepOperator):
+class RegisterOperator(StepOperator):
     """Register the gated challenger once per run; set the `challenger` alias."""
 
     step = "register"
 
 
-class DeployLocalOperator(PipelineStepOperator):
+class DeployLocalOperator(StepOperator):
     """Serve the registered version on 127.0.0.1, smoke-test it, roll back on failure."""
 
     step = "deploy"
     ui_color = "#dde8fb"
 
 
-class PromoteOperator(PipelineStepOperator):
+class PromoteOperator(StepOperator):
     """Move `champion` to the version now serving (recorded in the alias audit log)."""
 
     step = "promote"
 
 
-class DecideBranchOperator(_PipelineMixin, BaseBranchOperator):
+def _native_bool(value: bool | str) -> bool:
+    if isinstance(value, str):  # rendered without native types: "True"/"False"
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+class DecideBranchOperator(PipelineOperator, BaseBranchOperator):
     """Decide retrain / skip and follow the matching branch.
 
-    :param config_path: path of the model config YAML (templated)
-    :param reference_path: reference window override (templated)
-    :param current_path: current window override (templated)
-    :param run_key: the pipeline run (templated)
     :param force_retrain: retrain whatever the checks say (templated; render as a native bool)
     :param retrain_task_id: the task to follow on `retrain`
     :param skip_task_id: the task to follow on `skip`
     """
 
-    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key", "force_retrain")
+    template_fields: Sequence[str] = (*RUN_FIELDS, "force_retrain")
     ui_color = "#f6e3f3"
 
-    def __init__(self, *, config_path: str, retrain_task_id: str, skip_task_id: str,
-                 reference_path: str | None = None, current_path: str | None = None, run_key: str = "{{ run_id }}",
-                 force_retrain: bool | str = False, **kwargs: Any) -> None:
+    def __init__(self, *, retrain_task_id: str, skip_task_id: str, force_retrain: bool | str = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config_path = config_path
-        self.reference_path = reference_path
-        self.current_path = current_path
-        self.run_key = run_key
         self.force_retrain = force_retrain
         self.retrain_task_id = retrain_task_id
         self.skip_task_id = skip_task_id
 
     def choose_branch(self, context: Context) -> str:
-        from ml.pipeline import execute
+        from ml.pipeline import run_step
 
-        force = self.force_retrain
-        if isinstance(force, str):  # rendered without native types: "True"/"False"
-            force = force.strip().lower() in ("true", "1", "yes")
         try:
-            result = execute("decide", self._context(), force_retrain=bool(force))
+            record = run_step("decide", self.run_context(), force_retrain=_native_bool(self.force_retrain))
         except Exception as exc:
-            self._fail(exc)
-            raise
-        self.log.info("decision: %s: %s", result["decision"], result["reason"])
-        context["ti"].xcom_push(key="decision", value={k: result[k] for k in ("decision", "reason", "triggers")})
-        return self.retrain_task_id if result["decision"] == "retrain" else self.skip_task_id
+            fail_task(exc)
+        decision = cast("Decision", record.result)
+        self.log.info("decision: %s: %s", decision.decision, decision.reason)
+        context["ti"].xcom_push(key="decision", value=decision.summary())
+        return self.retrain_task_id if decision.decision == "retrain" else self.skip_task_id
 
 
-class RunRecordOperator(_PipelineMixin, BaseOperator):
+class ConfigBranchOperator(BaseBranchOperator):
+    """Follow the task a model config setting names (`training.backend`, `deploy.target`), read at run time;
+    a non-empty `override` (a DAG param) wins over the config.
+
+    :param config_path: path of the model config YAML (templated)
+    :param setting: dotted config key, e.g. ``training.backend``
+    :param branches: setting value -> task id to follow
+    :param override: value that replaces the config's, empty for none (templated)
+    """
+
+    template_fields: Sequence[str] = ("config_path", "override")
+    ui_color = "#f6e3f3"
+
+    def __init__(self, *, config_path: str, setting: str, branches: Mapping[str, str], override: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+        self.setting = setting
+        self.branches = branches
+        self.override = override
+
+    def choose_branch(self, context: Context) -> str:
+        from ml.config import load_config
+        from ml.errors import ConfigError
+
+        try:
+            value: Any = self.override or load_config(self.config_path)
+            if not self.override:
+                for part in self.setting.split("."):
+                    value = getattr(value, part)
+            if value not in self.branches:
+                raise ConfigError(f"{self.setting}: {value!r} has no task here; choose one of {sorted(self.branches)}")
+        except Exception as exc:
+            fail_task(exc)
+        self.log.info("%s = %s -> %s", self.setting, value, self.branches[value])
+        return self.branches[value]
+
+
+class RunRecordOperator(PipelineOperator):
     """Write the run record (MLflow artifact, task log, XCom) and fail the DAG run if the run failed.
 
     Runs whatever happened upstream (trigger_rule all_done), so blocked and rejected runs get their
     record too.
-
-    :param config_path: path of the model config YAML (templated)
-    :param reference_path: reference window override (templated)
-    :param current_path: current window override (templated)
-    :param run_key: the pipeline run (templated)
     """
 
-    template_fields: Sequence[str] = ("config_path", "reference_path", "current_path", "run_key")
     ui_color = "#eeeeee"
 
-    def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
-                 run_key: str = "{{ run_id }}", **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
         super().__init__(**kwargs)
-        self.config_path = config_path
-        self.reference_path = reference_path
-        self.current_path = current_path
-        self.run_key = run_key
 
     def execute(self, context: Context) -> dict[str, Any]:
         import json
 
-        from ml.record import finish_run, outcome_message
+        from ml.record import finish_run
 
         try:
-            record = finish_run(self._context())
+            record = finish_run(self.run_context())
         except Exception as exc:
-            self._fail(exc)
-            raise
-        self.log.info("run record:\n%s", json.dumps(record, indent=2, default=str))
-        message = outcome_message(record)
+            fail_task(exc)
+        document = record.to_dict()
+        self.log.info("run record:\n%s", json.dumps(document, indent=2, default=str))
+        message = record.failure()
         if message:
             # The record is the XCom of a successful task only; keep it reachable when failing.
-            context["ti"].xcom_push(key="run_record", value=record)
+            context["ti"].xcom_push(key="run_record", value=document)
             raise AirflowFailException(message)
-        return record
+        return document

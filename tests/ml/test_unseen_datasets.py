@@ -58,11 +58,11 @@ def write(tmp_path, name: str, task: str, n_numeric: int, classes: int, **extra)
 ])
 def test_pipeline_on_an_unseen_dataset(ct_home, tmp_path, task, classes, extra):
     config, folder = write(tmp_path, f"unseen-{task}", task, 30, classes, **extra)
-    first = run_pipeline(config, "r1")
+    first = run_pipeline(config, "r1").to_dict()
     assert first["status"] == "promoted", (first["errors"], first["failed_gates"], first["deployment"])
     assert first["data"]["rows"] == {"reference": 3000, "current": 1500, "current_labelled": 1500}
     assert first["gates"]["onnx_parity"]["passed"]
-    shifted = run_pipeline(config.with_data(current=str(folder / "shifted.csv")), "r2")
+    shifted = run_pipeline(config.with_data(current=str(folder / "shifted.csv")), "r2").to_dict()
     assert shifted["decision"] == "retrain" and "data_drift" in shifted["triggers"]
     assert shifted["drift"]["features"]["m00 score"]["drifted"] is True
     assert shifted["drift"]["features"]["m20 score"]["drifted"] is False
@@ -78,12 +78,12 @@ def test_sliding_reference_compares_with_the_champions_training_window(ct_home, 
     config, folder = write(tmp_path, "sliding", "binary", 30, 2, positive_class="churned",
                            drift={"drift_share": 0.1, "reference": "champion"})
     make_frame(slice(3000, 4500), 30, 4, shift=1.5).to_csv(folder / "shifted_again.csv", index=False)
-    first = run_pipeline(config.with_data(current=str(folder / "shifted.csv")), "r1")
+    first = run_pipeline(config.with_data(current=str(folder / "shifted.csv")), "r1").to_dict()
     assert first["status"] == "promoted", (first["errors"], first["failed_gates"])
     assert first["drift"]["compared_with"].startswith("data.reference (no champion")
     assert first["drift"]["dataset_drift"] is True  # against the fixed reference the shift shows
 
-    again = run_pipeline(config.with_data(current=str(folder / "shifted_again.csv")), "r2")
+    again = run_pipeline(config.with_data(current=str(folder / "shifted_again.csv")), "r2").to_dict()
     assert again["drift"]["compared_with"] == "the current window champion v1 was trained with"
     assert again["drift"]["dataset_drift"] is False, again["drift"]["features"]
     assert again["decision"] == "skip" and again["status"] == "skipped", again["reason"]

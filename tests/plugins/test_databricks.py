@@ -172,7 +172,7 @@ def test_the_provider_operator_sends_the_payload_unchanged(tmp_path):
                                  polling_period_seconds=5)
     assert op.config_path == str(path) and op.run_key == "manual__1"  # __init__ only assigns
     context = {"ti": TI(try_number=3)}
-    submit = op.submit_operator(context)
+    submit = op.inner_operator(context)
     assert submit.databricks_conn_id == "databricks_default"
     assert submit.wait_for_termination is True and submit.deferrable is False and submit.polling_period_seconds == 5
     expected = submit_run_payload(load_config(path), run_key="manual__1",
@@ -189,7 +189,7 @@ def test_the_provider_operator_sends_the_payload_unchanged(tmp_path):
         "{{secrets/ct/mlflow-tracking-uri}}"
     assert jobs.SubmitTask.from_dict(sent["tasks"][0]).task_key == "train"
     deferring = DatabricksTrainOperator(task_id="t", config_path=str(path), deferrable=True)
-    assert deferring.submit_operator(context).deferrable is True
+    assert deferring.inner_operator(context).deferrable is True
 
 
 # ---- the wheel, and the entry point running for real -------------------------------------------------------
@@ -317,14 +317,14 @@ def workspace(module_ct_home, tmp_path, wheel, monkeypatch):
 
 def _checked_run(config_path: Path, run_key: str) -> None:
     """The steps before training, in this process (what the DAG's check group does)."""
-    from ml.pipeline import execute
+    from ml.pipeline import run_step
     from ml.tracking import open_run
 
     ctx = open_run(load_config(config_path), run_key)
-    execute("validate", ctx, dag_id="retraining", dag_run_id=run_key)
-    execute("drift", ctx)
-    execute("performance", ctx)
-    assert execute("decide", ctx, force_retrain=True)["decision"] == "retrain"
+    run_step("validate", ctx, dag_id="retraining", dag_run_id=run_key)
+    run_step("drift", ctx)
+    run_step("performance", ctx)
+    assert run_step("decide", ctx, force_retrain=True).result.decision == "retrain"
 
 
 def test_training_runs_from_the_wheel_as_a_databricks_job(workspace, tmp_path):
@@ -352,12 +352,12 @@ def test_training_runs_from_the_wheel_as_a_databricks_job(workspace, tmp_path):
     # The step ran on the "cluster": its scratch space, not this worker's, holds the run folder.
     assert list((workspace.root / "tmp" / "ct" / "runs").iterdir())
 
-    from ml.pipeline import execute
+    from ml.pipeline import run_step
     from ml.tracking import open_run
 
     # The worker's next step finds the challenger in MLflow, as after a real job run.
-    gates = execute("gates", open_run(load_config(path), "manual__databricks"))
-    assert gates["passed"] and gates["gates"]["onnx_parity"]["passed"]
+    gates = run_step("gates", open_run(load_config(path), "manual__databricks")).result
+    assert gates.passed and gates.gates["onnx_parity"].passed
 
 
 def test_a_job_that_fails_before_the_step_is_left_to_retries(workspace, tmp_path):

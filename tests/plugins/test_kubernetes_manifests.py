@@ -10,6 +10,7 @@ unknown fields fail) and against the security settings the design requires, with
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import shutil
 import subprocess
@@ -26,9 +27,8 @@ from ct_airflow.kubernetes import (
     KubernetesDeployOperator,
     KubernetesTrainOperator,
     build_step_pod_operator,
-    config_sha256,
 )
-from ml.config import load_config
+from ml.config import config_sha256, load_config
 from tests.conftest import REPO, write_config
 
 K8S = REPO / "deploy" / "k8s"
@@ -234,7 +234,7 @@ OPERATORS = {"train": KubernetesTrainOperator, "deploy": KubernetesDeployOperato
 def built(step: str, config_path: Path, **kwargs):
     op = OPERATORS[step](task_id=f"{step}_kubernetes", config_path=str(config_path), run_key="manual__2026-03-01",
                          **kwargs)
-    return op.pod_operator()
+    return op.inner_operator({})
 
 
 @pytest.mark.parametrize("step", ["train", "deploy"])
@@ -268,7 +268,7 @@ def test_operator_pods_validate_and_are_locked_down(step, kubeconfig, k8s_config
                                  "manual__2026-03-01"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["CT_CONFIG"] == f"/app/configs/{k8s_config.name}"
-    assert env["CT_CONFIG_SHA256"] == config_sha256(str(k8s_config))
+    assert env["CT_CONFIG_SHA256"] == config_sha256(k8s_config)
     assert env["CT_HOME"].startswith("/tmp/") and env["HOME"] == "/tmp"
     # MLflow's URI and credentials: from the Secret, not from literals.
     assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials", "optional": False}}]
@@ -326,14 +326,15 @@ def test_the_dag_routes_kubernetes_configs_to_these_operators(tmp_path):
     assert isinstance(dag.get_task("retrain.train_kubernetes"), KubernetesTrainOperator)
     assert isinstance(dag.get_task("release.deploy_kubernetes"), KubernetesDeployOperator)
     config = write_config(tmp_path / "c", training={"backend": "kubernetes"}, deploy={"target": "kubernetes"})
-    train_tasks = {"local": "retrain.train_local", "kubernetes": "retrain.train_kubernetes",
-                   "databricks": "retrain.train_databricks"}
-    choose_backend = dag.get_task("retrain.choose_backend").python_callable
-    assert choose_backend(str(config), None, train_tasks) == "retrain.train_kubernetes"
-    assert choose_backend(str(config), "databricks", train_tasks) == "retrain.train_databricks"
-    choose_target = dag.get_task("release.choose_target").python_callable
-    assert choose_target(str(config), {"local": "release.deploy_local",
-                                       "kubernetes": "release.deploy_kubernetes"}) == "release.deploy_kubernetes"
+
+    def branch(task_id: str, override: str | None = None) -> str:
+        task = copy.copy(dag.get_task(task_id))
+        task.config_path, task.override = str(config), override  # as rendered from the params
+        return task.choose_branch({})
+
+    assert branch("retrain.choose_backend") == "retrain.train_kubernetes"
+    assert branch("retrain.choose_backend", "databricks") == "retrain.train_databricks"
+    assert branch("release.choose_target") == "release.deploy_kubernetes"
 
 
 # ---- the images the pods run ---------------------------------------------------------------------------

@@ -120,14 +120,14 @@ def kubelet(module_ct_home, tmp_path_factory, fakes, config_path) -> LocalKubele
 @pytest.fixture(scope="module")
 def trained(kubelet, config_path):
     """validate, drift, performance, decide in this process; then the train step in its pod."""
-    from ml.pipeline import execute
+    from ml.pipeline import run_step
     from ml.tracking import open_run
 
     ctx = open_run(load_config(config_path), RUN_KEY)
-    execute("validate", ctx, dag_id="retraining", dag_run_id=RUN_KEY)
-    execute("drift", ctx)
-    execute("performance", ctx)
-    assert execute("decide", ctx, force_retrain=True)["decision"] == "retrain"
+    run_step("validate", ctx, dag_id="retraining", dag_run_id=RUN_KEY)
+    run_step("drift", ctx)
+    run_step("performance", ctx)
+    assert run_step("decide", ctx, force_retrain=True).result.decision == "retrain"
     with pytest.MonkeyPatch.context() as mp:
         kubelet.install(mp)
         summary = KubernetesTrainOperator(task_id="train_kubernetes", config_path=str(config_path),
@@ -143,15 +143,17 @@ def registered(trained, fakes):
 
     from ml.data import model_frame
     from ml.export import OnnxModel
-    from ml.pipeline import execute
+    from ml.pipeline import run_step
     from ml.registry import fetch_onnx
+    from ml.state import Step
+    from ml.train import TrainResult
 
     ctx, summary, _ = trained
-    assert execute("gates", ctx)["passed"]
-    version = execute("register", ctx)["version"]
+    assert run_step("gates", ctx).result.passed
+    version = run_step("register", ctx).result.version
     path, sha256 = fetch_onnx(ctx.client, ctx.config.name, version, ctx.work_dir / "registered")
     model = OnnxModel.load(path, expected_sha256=sha256)
-    classes = [str(c) for c in ctx.load("train")["classes"]]
+    classes = [str(c) for c in ctx.load_state().require(Step.TRAIN, TrainResult).classes]
 
     def predict(served_version: str, records: list[dict]) -> list[dict[str, float]]:
         assert served_version == version

@@ -1,5 +1,5 @@
 """Operators: assignment-only constructors, templated fields named like their parameters, errors
-mapped to Airflow failures (no retry for bad input, retry for retryable ones)."""
+mapped to Airflow failures (no retry for bad input, retry for retryable ones), config-driven branches."""
 
 from __future__ import annotations
 
@@ -16,9 +16,15 @@ STEP_OPERATORS = [ops.ValidateDataOperator, ops.DriftCheckOperator, ops.Performa
                   ops.PromoteOperator]
 
 
+def constructor_parameters(cls: type) -> set[str]:
+    """Keyword parameters of every __init__ along the class's MRO (each passes **kwargs on)."""
+    return {name for base in cls.__mro__ if "__init__" in vars(base)
+            for name in inspect.signature(base.__init__).parameters}
+
+
 @pytest.mark.parametrize("cls", [*STEP_OPERATORS, ops.DecideBranchOperator, ops.RunRecordOperator])
 def test_template_fields_are_constructor_parameters_kept_verbatim(cls):
-    params = inspect.signature(cls.__init__).parameters
+    params = constructor_parameters(cls)
     kwargs = {"task_id": "t", "config_path": "{{ params.config }}", "retrain_task_id": "a", "skip_task_id": "b"}
     kwargs = {k: v for k, v in kwargs.items() if k in params or k == "task_id"}
     op = cls(**kwargs)
@@ -44,24 +50,27 @@ def test_record_operator_runs_whatever_happened_upstream():
 
 def test_errors_map_to_airflow_semantics():
     with pytest.raises(AirflowFailException, match="column 'x' missing"):
-        ops._PipelineMixin._fail(ContractError("column 'x' missing"))
+        ops.fail_task(ContractError("column 'x' missing"))
     with pytest.raises(RegistryError):  # retryable: left to the task's retries
-        ops._PipelineMixin._fail(RegistryError("registry busy"))
+        ops.fail_task(RegistryError("registry busy"))
     with pytest.raises(ValueError):
-        ops._PipelineMixin._fail(ValueError("bug"))
+        ops.fail_task(ValueError("bug"))
 
 
 def test_force_retrain_accepts_rendered_strings(monkeypatch, tmp_path):
+    from ml.decision import Decision
+    from ml.state import Step, StepRecord
+
     seen = {}
 
-    def fake_execute(step, ctx, **kwargs):
+    def fake_run_step(step, ctx, **kwargs):
         seen.update(kwargs)
-        return {"decision": "retrain", "reason": "r", "triggers": ["forced"]}
+        return StepRecord(Step.DECIDE, "a", result=Decision("retrain", "r", ["forced"]))
 
-    monkeypatch.setattr("ml.pipeline.execute", fake_execute)
+    monkeypatch.setattr("ml.pipeline.run_step", fake_run_step)
     op = ops.DecideBranchOperator(task_id="d", config_path="c", retrain_task_id="retrain.train",
                                   skip_task_id="skip", force_retrain="True")
-    monkeypatch.setattr(op, "_context", lambda: None)
+    monkeypatch.setattr(op, "run_context", lambda: None)
 
     class TI:
         def xcom_push(self, key, value):
@@ -69,3 +78,22 @@ def test_force_retrain_accepts_rendered_strings(monkeypatch, tmp_path):
 
     assert op.choose_branch({"ti": TI()}) == "retrain.train"
     assert seen["force_retrain"] is True and seen["xcom"]["decision"] == "retrain"
+
+
+def test_config_branches_follow_the_setting_and_an_override(tmp_path):
+    from tests.conftest import write_config
+
+    path = str(write_config(tmp_path, training={"backend": "kubernetes"}))
+    branches = {"local": "train_local", "kubernetes": "train_k8s", "databricks": "train_db"}
+
+    def branch(override):
+        return ops.ConfigBranchOperator(task_id="b", config_path=path, setting="training.backend",
+                                        branches=branches, override=override).choose_branch({})
+
+    assert branch(None) == branch("") == "train_k8s"  # the config's training.backend
+    assert branch("databricks") == "train_db"  # the DAG param wins
+    with pytest.raises(AirflowFailException, match=r"training.backend: 'spark' has no task here"):
+        branch("spark")
+    with pytest.raises(AirflowFailException, match="not found"):
+        ops.ConfigBranchOperator(task_id="b", config_path=str(tmp_path / "missing.yaml"), setting="deploy.target",
+                                 branches={"local": "d"}).choose_branch({})

@@ -1,0 +1,92 @@
+"""The pipeline's steps, grouped like the DAG's task groups: `check` (validate, drift, performance,
+decide), `retrain` (train, gates, register) and `release` (deploy, promote).
+
+Every step is a function of a `StepRun` returning its typed result (ml.state.RESULT_TYPES); storing the
+result, the attempt bookkeeping and turning outcomes into errors are ml.pipeline's job. A `StepRun` holds
+what a step reads, each read once: the run state, the windows of the attempt and the pinned champion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities.model_registry import ModelVersion
+
+    from ml.config import ModelConfig
+    from ml.export import OnnxModel
+    from ml.state import RunState
+    from ml.tracking import RunContext
+
+
+@dataclass(frozen=True)
+class Windows:
+    reference: pd.DataFrame
+    current: pd.DataFrame | None
+
+
+@dataclass
+class StepRun:
+    """One step invocation: the run's MLflow context and its state, read once and passed down."""
+
+    ctx: RunContext
+    state: RunState
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.ctx.config
+
+    @cached_property
+    def windows(self) -> Windows:
+        """The attempt's windows. A live prediction log is read from the snapshot validate froze into the
+        run, so every step of the attempt sees the rows the contract checked."""
+        from ml.data import load_windows, read_window
+
+        validation = self.state.validation
+        if validation is not None and validation.current_snapshot:
+            snapshot = self.ctx.artifact(validation.current_snapshot)
+            reference = read_window(self.config.reference_path, self.config.target)
+            return Windows(reference.frame, read_window(str(snapshot), self.config.target).frame)
+        reference, current = load_windows(self.config)
+        return Windows(reference.frame, current.frame if current is not None else None)
+
+    @cached_property
+    def champion(self) -> ModelVersion | None:
+        """The registry's record of the champion this attempt compares with (pinned by validate)."""
+        version = self.state.champion_version
+        return None if version is None else self.ctx.client.get_model_version(self.config.name, version)
+
+    @cached_property
+    def champion_model(self) -> OnnxModel | None:
+        """The pinned champion's ONNX model (sha256-verified, cached under $CT_HOME/cache)."""
+        from ml.export import OnnxModel
+        from ml.registry import fetch_onnx
+        from ml.tracking import ct_home
+
+        version = self.state.champion_version
+        if version is None:
+            return None
+        path, sha = fetch_onnx(self.ctx.client, self.config.name, version,
+                               ct_home() / "cache" / self.config.name / f"v{version}")
+        return OnnxModel.load(path, expected_sha256=sha)
+
+
+#: The current window frozen into a run: validate does it for a live prediction log, train for any window
+#: (what `drift.reference: champion` compares with once that challenger serves).
+SNAPSHOT = "windows/current.jsonl"
+
+
+def snapshot_current(ctx: RunContext, current: pd.DataFrame) -> tuple[str, str]:
+    """Freeze a current window into the run: (artifact path, sha256 of the frozen file)."""
+    from pathlib import Path
+
+    from ml.data import sha256_of
+
+    path = ctx.work_dir / SNAPSHOT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current.to_json(path, orient="records", lines=True, date_format="iso")
+    ctx.log_artifact(path, str(Path(SNAPSHOT).parent))
+    return SNAPSHOT, sha256_of(path)

@@ -1,0 +1,107 @@
+"""The DAG's `retrain` group: train a challenger (ONNX), judge it with the gates, register it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ml.decision import Decision
+from ml.drift import DriftResult
+from ml.errors import StateError
+from ml.gates import GateReport
+from ml.state import Step, Validation
+from ml.steps import snapshot_current
+from ml.train import HOLDOUT_ARTIFACT, Holdout, TrainResult
+
+if TYPE_CHECKING:
+    from ml.registry import Registration
+    from ml.steps import StepRun
+
+log = logging.getLogger(__name__)
+
+
+def train(run: StepRun) -> TrainResult:
+    """Fit the challenger, export it to ONNX and log it (and its holdout) to the run."""
+    from ml.export import OnnxModel, to_onnx
+    from ml.registry import version_for_run
+    from ml.tracking import download_model
+    from ml.train import fit_best_challenger
+
+    config, ctx = run.config, run.ctx
+    previous = run.state.last_record(Step.TRAIN)  # of any attempt: registration is once per run
+    done = previous.result if previous is not None else None
+    if isinstance(done, TrainResult) and version_for_run(ctx.client, config.name, ctx.mlflow_run_id):
+        log.info("this run already registered a version from model %s: not training again", done.model_id)
+        return done
+    validation = run.state.require(Step.VALIDATE, Validation)
+    decision = run.state.get(Step.DECIDE, Decision)
+    windows = [config.training.window]
+    if config.training.window == "auto":
+        decayed = decision is not None and "performance_decay" in decision.triggers
+        windows = ["all", "current"] if decayed else ["all"]
+    current = run.windows.current
+    challenger = fit_best_challenger(config, run.windows.reference, current, windows)
+    if current is not None and not validation.current_snapshot:
+        snapshot_current(ctx, current)  # the window drift.reference: champion compares with once this one serves
+    data = to_onnx(challenger.pipeline, config, challenger.data.classes)
+    info = ctx.log_onnx_model(data, estimator=config.model.estimator, params=dict(config.model.params),
+                              train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
+                              eval_source=challenger.data.eval_source, metrics=challenger.metrics)
+    model = OnnxModel.load(download_model(info.model_uri, ctx.work_dir / "challenger"))
+    holdout_path = ctx.work_dir / HOLDOUT_ARTIFACT
+    challenger.holdout.write(holdout_path)
+    ctx.log_artifact(holdout_path, str(holdout_path.parent.relative_to(ctx.work_dir)))
+    return TrainResult(model_id=info.model_id, model_uri=info.model_uri, onnx_sha256=model.sha256,
+                       onnx_size_bytes=model.size_bytes, estimator=config.model.estimator,
+                       train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
+                       eval_source=challenger.data.eval_source, metrics=challenger.metrics,
+                       classes=challenger.data.classes, window=challenger.window, candidates=challenger.candidates)
+
+
+def gates(run: StepRun) -> GateReport:
+    """Evaluate every gate on the holdout the challenger never saw; the champion judged on the same rows."""
+    from ml.data import model_frame
+    from ml.export import OnnxModel
+    from ml.gates import evaluate_gates
+    from ml.tracking import download_model
+
+    config, ctx = run.config, run.ctx
+    trained = run.state.require(Step.TRAIN, TrainResult)
+    challenger_path = ctx.work_dir / "challenger" / "model.onnx"
+    if not challenger_path.exists():  # trained elsewhere (a pod, a Databricks job)
+        challenger_path = download_model(trained.model_uri, ctx.work_dir / "challenger")
+    challenger = OnnxModel.load(challenger_path, expected_sha256=trained.onnx_sha256)
+    holdout = Holdout.read(ctx.artifact(HOLDOUT_ARTIFACT))
+    features = model_frame(holdout.frame, config)
+    champion = run.champion_model
+    groups = holdout.frame[config.sensitive_feature] if config.sensitive_feature in holdout.frame.columns else None
+    report = evaluate_gates(config, y=holdout.y, challenger_proba=challenger.predict_proba(features),
+                            sklearn_proba=holdout.sklearn_proba,
+                            champion_proba=champion.predict_proba(features) if champion is not None else None,
+                            champion_version=run.state.champion_version, groups=groups,
+                            latency_p99_ms=challenger.single_row_latency_ms(features),
+                            size_bytes=challenger.size_bytes)
+    for name, gate in report.gates.items():
+        if gate.value is not None:
+            ctx.client.log_metric(ctx.mlflow_run_id, f"gate.{name}", gate.value)
+    return report
+
+
+def register(run: StepRun) -> Registration:
+    """Register the gated challenger (once per run) with lineage tags; move `challenger` to it."""
+    from ml.registry import CHALLENGER, Registration, move_alias, register_version, version_tags
+    from ml.tracking import code_version
+
+    config, ctx = run.config, run.ctx
+    report = run.state.get(Step.GATES, GateReport)
+    if report is None or not report.passed:
+        raise StateError("refusing to register: the gates of this attempt did not pass (or did not run)")
+    trained = run.state.require(Step.TRAIN, TrainResult)
+    tags = version_tags(run_key=ctx.run_key, mlflow_run_id=ctx.mlflow_run_id, code_version=code_version(),
+                        validation=run.state.require(Step.VALIDATE, Validation), trained=trained, gates=report,
+                        decision=run.state.get(Step.DECIDE, Decision), drift=run.state.get(Step.DRIFT, DriftResult))
+    version, created = register_version(ctx.client, config.name, trained.model_uri, trained.model_id,
+                                        ctx.mlflow_run_id, tags)
+    move = move_alias(ctx.client, config.name, CHALLENGER, str(version.version),
+                      reason=f"passed gates in run {ctx.run_key}")
+    return Registration(version=str(version.version), created=created, challenger_alias=move)
