@@ -83,19 +83,14 @@ def generate_secrets() -> dict[str, str]:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (comments, blank lines and surrounding quotes ignored)."""
-    values: dict[str, str] = {}
+    """KEY=VALUE lines of a .env file, parsed by python-dotenv: comments, blank lines, `export ` and
+    surrounding quotes are handled as Compose does; a name without `=` is skipped; `${VAR}` is not
+    expanded (values are taken literally). A missing file reads as empty."""
     if not path.is_file():
-        return values
-    for line in path.read_text().splitlines():
-        name, sep, value = line.strip().partition("=")
-        if not sep or not name or name.startswith("#"):
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[name.strip().removeprefix("export ").strip()] = value
-    return values
+        return {}
+    from dotenv import dotenv_values  # here, not at the top: `python3 -m stack dotenv` needs only the stdlib
+
+    return {name: value for name, value in dotenv_values(path, interpolate=False).items() if value is not None}
 
 
 def load_secrets(state_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:

@@ -4,7 +4,8 @@ entrypoint).
 The model is resolved and verified once in this process before any socket is opened, so a missing,
 tampered or non-self-contained file ends the process with exit code 3 and one log line naming the
 file and both sha256 values. With CT_WORKERS > 1 the workers load the already verified local file
-(its sha256 pinned), and share a metrics folder so /metrics covers all of them.
+(its sha256 pinned), and share prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR, a
+fresh one per start) so /metrics covers all of them.
 
 Exit codes: 0 clean shutdown, 2 invalid settings, 3 model refused, 1 server failed (e.g. port in use).
 """
@@ -18,7 +19,6 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from ml.serving.app import configure_logging, create_app
@@ -64,17 +64,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.run()
         return 0 if server.started else 1
 
-    # Workers are spawned processes that call create_app(): hand them the verified file, pinned.
-    own_metrics_dir = settings.metrics_dir is None
-    metrics_dir = settings.metrics_dir or Path(tempfile.mkdtemp(prefix="ct-serving-metrics-"))
-    worker = replace(settings.with_model(loaded.path, loaded.sha256, loaded.version), metrics_dir=metrics_dir)
-    os.environ.update(worker.to_env())
+    # Workers are spawned processes that call create_app(): hand them the verified file, pinned, and
+    # prometheus_client's multiprocess folder: fresh and empty for every start (under CT_METRICS_DIR if
+    # set), named before any worker imports prometheus_client, removed when the server stops.
+    try:
+        if settings.metrics_dir is not None:
+            settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+        metrics_dir = Path(tempfile.mkdtemp(prefix="ct-serving-metrics-", dir=settings.metrics_dir))
+    except OSError as exc:
+        log.error("cannot create the metrics folder of the workers (CT_METRICS_DIR=%s): %s", settings.metrics_dir,
+                  exc)
+        return 1
+    os.environ.update(settings.with_model(loaded.path, loaded.sha256, loaded.version).to_env())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     del loaded
     try:
         uvicorn.run("ml.serving.app:create_app", factory=True, workers=settings.workers, **options)
     finally:
-        if own_metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

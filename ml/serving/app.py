@@ -67,7 +67,7 @@ class ServingService:
                        if settings.prediction_log_dir else None)
         self.metrics = Metrics(
             model_info={"name": self.model_name, "version": loaded.version, "sha256": loaded.sha256},
-            metrics_dir=settings.metrics_dir, live=self._live_metrics)
+            live=self._live_metrics)
         self.ready = False
         self.state = "starting"
         self._encode = msgspec.json.Encoder().encode
@@ -178,7 +178,7 @@ class ServingService:
         scorer.warm_up()
         self._current = (loaded, scorer)
         self._refused_version = None
-        self.metrics.model_info = {"name": self.model_name, "version": loaded.version, "sha256": loaded.sha256}
+        self.metrics.set_model_info({"name": self.model_name, "version": loaded.version, "sha256": loaded.sha256})
         self.metrics.inc("ct_model_switches_total")
         log.info("following %s: switched from version %s to version %s (sha256 %s)", uri, before, loaded.version,
                  loaded.sha256)
@@ -246,14 +246,13 @@ class ServingService:
 
     def _record(self, version: str, timestamp: float, records: list[dict[str, Any]],
                 out: list[dict[str, Any]]) -> None:
-        counts = self.metrics.predictions
+        self.metrics.count_predictions([result["label"] for result in out])
         writer = self.writer
+        if writer is None:
+            return
         for record, result in zip(records, out, strict=True):
-            label = result["label"]
-            counts[label] = counts.get(label, 0) + 1
-            if writer is not None:
-                writer.log_prediction(result["prediction_id"], timestamp, version, record, label,
-                                      result["probabilities"])
+            writer.log_prediction(result["prediction_id"], timestamp, version, record, result["label"],
+                                  result["probabilities"])
 
     def feedback(self, body: bytes) -> tuple[int, bytes]:
         doc = self._json(body)

@@ -115,7 +115,8 @@ _FIELDS: dict[str, tuple[str, str | None, str]] = {
     "log_queue_size": ("CT_LOG_QUEUE_SIZE", None, "prediction-log queue capacity (default 65536)"),
     "log_level": ("CT_LOG_LEVEL", "--log-level", "DEBUG, INFO, WARNING or ERROR (default INFO)"),
     "model_cache_dir": ("CT_MODEL_CACHE_DIR", None, "where models:/ downloads go (default $CT_HOME/serving)"),
-    "metrics_dir": ("CT_METRICS_DIR", None, "shared folder for multi-worker metrics (set by the launcher)"),
+    "metrics_dir": ("CT_METRICS_DIR", None,
+                    "with CT_WORKERS > 1: where each start's fresh PROMETHEUS_MULTIPROC_DIR is made (default: temp)"),
     "follow_s": ("CT_MODEL_FOLLOW_S", "--follow-s",
                  "with CT_MODEL_URI=models:/<name>@<alias>: every N seconds, check where the alias points and "
                  "switch to that version once it is fetched, verified and warmed up (default 0: off)"),

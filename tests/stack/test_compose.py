@@ -201,6 +201,18 @@ def test_env_example_documents_every_variable_with_empty_secrets():
     assert {".env", ".venv", ".git", ".ct"} <= set(dockerignore)
 
 
+def test_read_env_file_like_compose(tmp_path):
+    """Comments, blank lines, `export ` and surrounding quotes as Compose reads .env; no expansion."""
+    path = tmp_path / ".env"
+    path.write_text("# comment\n  # indented comment\n\nA=1\nB = two\nC=\"quoted value\"\nD='single'\n"
+                    "export E=exported\nF=\nG\nH=a=b=c\nI=abc#def\nJ=abc # inline\nK=\"with # hash\"\n"
+                    "L=${A}x\nM=tok$en\n#N=commented\n")
+    assert read_env_file(path) == {"A": "1", "B": "two", "C": "quoted value", "D": "single", "E": "exported",
+                                   "F": "", "H": "a=b=c", "I": "abc#def", "J": "abc", "K": "with # hash",
+                                   "L": "${A}x", "M": "tok$en"}
+    assert read_env_file(tmp_path / "missing.env") == {}
+
+
 def read_env_file_text(text: str) -> dict[str, str]:
     return {k: v for k, _, v in (line.partition("=") for line in text.splitlines()) if _ and not k.startswith("#")}
 

@@ -52,6 +52,37 @@ def sample_records(n: int, seed: int = 11, scenario: str = "no_drift") -> list[d
     return records
 
 
+@dataclass(frozen=True)
+class Family:
+    """One metric family of a /metrics answer, keyed by its exposed name (counters with `_total`)."""
+
+    type: str
+    help: str
+    samples: dict[tuple[str, frozenset], float]  # (sample name, frozenset of label items) -> value
+
+    @property
+    def label_names(self) -> set[str]:
+        return {k for _, labels in self.samples for k, _ in labels} - {"le"}
+
+    def total(self, sample: str, **match: str) -> float:
+        """Sum of the samples named `sample` whose labels include `match` (0 when there are none)."""
+        wanted = set(match.items())
+        return sum(v for (name, labels), v in self.samples.items() if name == sample and wanted <= labels)
+
+
+def parse_metrics(text: str) -> dict[str, Family]:
+    """A Prometheus text exposition, parsed with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + "_total" if family.type == "counter" else family.name
+        samples = {(s.name, frozenset(s.labels.items())): s.value for s in family.samples}
+        assert name not in out, f"family {name} exposed twice"
+        out[name] = Family(type=family.type, help=family.documentation, samples=samples)
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

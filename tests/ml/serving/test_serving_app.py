@@ -15,6 +15,7 @@ from ml.serving.__main__ import EXIT_MODEL_REFUSED, EXIT_SETTINGS, main
 from ml.serving.app import create_app
 from ml.serving.model import ModelLoadError, resolve_model
 from ml.serving.settings import Settings, SettingsError
+from tests.ml.serving.conftest import parse_metrics
 
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-routes"])
@@ -73,7 +74,7 @@ def test_both_paths_content_type_and_feedback(app_client, record):
     pid = app_client.post("/predict", json=record).json()["prediction_id"]
     assert app_client.post("/feedback", json={"prediction_id": pid, "label": "1"}).status_code == 202
     assert app_client.get("/ready").json() == {"status": "ready", "model_version": "5"}
-    assert "ct_feedback_total 1" in app_client.get("/metrics").text
+    assert parse_metrics(app_client.get("/metrics").text)["ct_feedback_total"].total("ct_feedback_total") == 1
 
 
 def test_openapi_documents_the_request_schema(app_client):

@@ -15,6 +15,7 @@ import pytest
 
 from ml.data import MISSING_CATEGORY, model_frame
 from ml.predlog import is_prediction_log, read_prediction_log
+from tests.ml.serving.conftest import parse_metrics
 
 NUMERIC = ["age", "tenure", "satisfaction_score", "performance_rating", "work_hours", "projects_count",
            "promotion_flag", "salary"]
@@ -197,19 +198,25 @@ def test_never_500_under_fuzz(client, record):
     assert statuses - {200}
 
 
-def test_metrics(client, make_records):
+def test_metrics(client, trained, make_records):
     client.post("/predict", json=make_records(1)[0])
     client.post("/predict", content=b"{", headers={"content-type": "application/json"})
-    text = client.get("/metrics").text
-    assert 'ct_http_requests_total{endpoint="/predict",status="200"}' in text
-    assert 'ct_http_requests_total{endpoint="/predict",status="400"}' in text
-    assert 'ct_http_request_duration_seconds_bucket{endpoint="/predict",status="200",le="+Inf"}' in text
-    assert "ct_predictions_total{class=" in text
-    assert 'ct_model_info{name="attrition-test",version="7",sha256="' in text
-    assert "ct_prediction_log_queue_depth " in text
-    assert "ct_prediction_log_dropped_total 0" in text
+    metrics = parse_metrics(client.get("/metrics").text)
+    requests = metrics["ct_http_requests_total"]
+    assert requests.total("ct_http_requests_total", endpoint="/predict", status="200") >= 1
+    assert requests.total("ct_http_requests_total", endpoint="/predict", status="400") >= 1
+    duration = metrics["ct_http_request_duration_seconds"]
+    assert duration.total("ct_http_request_duration_seconds_bucket", endpoint="/predict", status="200",
+                          le="+Inf") == requests.total("ct_http_requests_total", endpoint="/predict", status="200")
+    assert metrics["ct_predictions_total"].total("ct_predictions_total") >= 1
+    info = metrics["ct_model_info"].samples
+    assert [dict(labels) for _, labels in info] == [{"name": "attrition-test", "version": "7",
+                                                     "sha256": trained.sha256}] and set(info.values()) == {1}
+    assert "ct_prediction_log_queue_depth" in metrics
+    assert metrics["ct_prediction_log_dropped_total"].total("ct_prediction_log_dropped_total") == 0
     client.get("/no/such/path")
-    assert 'ct_http_requests_total{endpoint="other",status="404"}' in client.get("/metrics").text
+    metrics = parse_metrics(client.get("/metrics").text)
+    assert metrics["ct_http_requests_total"].total("ct_http_requests_total", endpoint="other", status="404") >= 1
 
 
 def test_tampered_model_refused(trained, start_server, tmp_path):
@@ -285,17 +292,18 @@ def test_two_workers_metrics_and_sigterm(trained, start_server, tmp_path, make_r
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(send, records * 4)) == {200}
-    # Snapshots are written every second; poll until the merged count covers every request.
+    # Every worker's numbers are in prometheus_client's multiprocess files: whichever worker answers,
+    # the scrape covers all 200 requests (the workers start one after the other: poll for the second).
     deadline = time.monotonic() + 10
     while True:
         text = client.get("/metrics").text
-        line = next((x for x in text.splitlines()
-                     if x.startswith('ct_http_requests_total{endpoint="/predict",status="200"}')), "x 0")
-        if (int(line.split()[-1]) == 200 and "ct_workers 2" in text) or time.monotonic() > deadline:
+        metrics = parse_metrics(text)
+        count = metrics["ct_http_requests_total"].total("ct_http_requests_total", endpoint="/predict", status="200")
+        if (count == 200 and metrics["ct_workers"].total("ct_workers") == 2) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert int(line.split()[-1]) == 200, text
-    assert "ct_workers 2" in text
+    assert count == 200, text
+    assert metrics["ct_workers"].total("ct_workers") == 2, text
     assert server.stop(signal.SIGTERM) == 0
     files = sorted((log_dir / "predictions").rglob("*.jsonl"))
     assert sum(len(f.read_text().splitlines()) for f in files) == 200

@@ -10,7 +10,7 @@ import pytest
 
 from ml.registry import SHA_TAG, ensure_registered_model
 from ml.tracking import get_or_create_experiment, mlflow_client
-from tests.ml.serving.conftest import sample_records
+from tests.ml.serving.conftest import parse_metrics, sample_records
 
 NAME = "attrition-serving-test"
 
@@ -98,9 +98,15 @@ def test_following_an_alias_switches_only_to_verified_versions(trained, registry
         _wait_for(every_worker_switched, server)
         assert set(answered) <= {str(versions[0]), str(good)}
         assert {http.get("/model").json()["version"] for _ in range(10)} == {str(good)}
-        _wait_for(lambda: "ct_model_switches_total 2" in http.get("/metrics").text, server)
-        metrics = http.get("/metrics").text
-        assert "ct_model_switch_refused_total 2" in metrics and f'version="{good}"' in metrics
+        def scrape() -> dict:
+            return parse_metrics(http.get("/metrics").text)
+
+        _wait_for(lambda: scrape()["ct_model_switches_total"].total("ct_model_switches_total") == 2, server)
+        metrics = scrape()
+        assert metrics["ct_model_switch_refused_total"].total("ct_model_switch_refused_total") == 2
+        # both workers switched: the old version's label set is gone, the new one reads 1
+        info = metrics["ct_model_info"].samples
+        assert [dict(labels)["version"] for _, labels in info] == [str(good)] and set(info.values()) == {1}
     assert server.stop(signal.SIGTERM) == 0
 
 
