@@ -446,12 +446,18 @@ def create_app(settings: Settings | None = None, loaded: LoadedModel | None = No
     app = FastAPI(title=f"ct-serving: {service.model_name}", version=loaded.version, lifespan=lifespan,
                   description="ONNX classifier behind FastAPI; see docs/serving.md.")
     app.state.service = service
+    _routes(app, service, settings.max_batch)
+    app.add_middleware(HotPathMiddleware, service=service, fast_path=fast_path)
+    return app
+
+
+def _routes(app: FastAPI, service: ServingService, max_batch: int) -> None:
+    """The endpoints (the POST ones also have the ASGI fast path of HotPathMiddleware) and their schemas."""
     schema = service.request_schema()
     one = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
     many = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["records"], "additionalProperties": False,
-        "properties": {"records": {"type": "array", "items": schema, "minItems": 1,
-                                   "maxItems": settings.max_batch}}}}}}}
+        "properties": {"records": {"type": "array", "items": schema, "minItems": 1, "maxItems": max_batch}}}}}}}
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -486,7 +492,4 @@ def create_app(settings: Settings | None = None, loaded: LoadedModel | None = No
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=METRICS_TYPE)
-
-    app.add_middleware(HotPathMiddleware, service=service, fast_path=fast_path)
-    return app
 
