@@ -142,6 +142,16 @@ class DriftConfig(_Strict):
     #: current window the champion was trained with (a sliding reference: "moved since the last retrain?"),
     #: falling back to data.reference while there is none
     reference: Literal["config", "champion"] = "config"
+    #: what decides a column: `fdr` = a KS / chi-squared test per column under Benjamini-Hochberg at `fdr`,
+    #: plus an effect size of at least `min_effect`; `threshold` = the method's own threshold (Evidently's rule)
+    decision: Literal["fdr", "threshold"] = "fdr"
+    fdr: float = Field(default=0.05, gt=0.0, lt=1.0)
+    #: normed Wasserstein (continuous columns) / Jensen-Shannon distance (the others) a column must reach
+    min_effect: float = Field(default=0.05, ge=0.0)
+    #: fewer non-missing values than this in either window: the column's drift is "insufficient data"
+    min_rows: int = Field(default=30, ge=2)
+    #: rows of each window the Evidently HTML report is computed on (a random sample); 0 = no report
+    report_rows: int = Field(default=5000, ge=0)
     method: str | None = None
     threshold: float | None = Field(default=None, gt=0.0)
     drift_share: float = Field(default=0.5, gt=0.0, le=1.0)

@@ -82,12 +82,7 @@ def decide(*, contract_passed: bool, contract_problems: list[str], drift: DriftR
     training set, and retraining on it every run would churn versions."""
     if not contract_passed:
         return Decision("blocked", "data contract failed: " + "; ".join(contract_problems), ["contract"])
-    drift_text = ""
-    if drift is not None:
-        drifted = drift.drifted_features
-        drift_text = (f"{len(drifted)}/{len(drift.features)} features drifted ({drift.drifted_share:.0%}, "
-                      f"threshold {drift.drift_share_threshold:.0%})"
-                      + (f": {', '.join(drifted)}" if drifted else ""))
+    drift_text = describe_drift(drift) if drift is not None else ""
     if force_retrain:
         return Decision("retrain", "forced by force_retrain" + (f"; {drift_text}" if drift_text else ""),
                         ["forced"])
@@ -118,4 +113,17 @@ def decide(*, contract_passed: bool, contract_problems: list[str], drift: DriftR
         return Decision("skip", "no current window to compare with the reference (set data.current or the "
                                 "current_path param)", [])
     perf_text = performance.detail if performance is not None else "not assessed"
+    if drift.dataset_drift is None:
+        return Decision("skip", f"drift not assessed ({drift_text}) and no performance decay ({perf_text})", [])
     return Decision("skip", f"no dataset drift ({drift_text}) and no performance decay ({perf_text})", [])
+
+
+def describe_drift(drift: DriftResult) -> str:
+    """'2/9 features drifted (22%, threshold 20%): a, b' and what could not be judged."""
+    drifted, insufficient = drift.drifted_features, drift.insufficient
+    lacking = f"insufficient data for {', '.join(insufficient)}" if insufficient else ""
+    if drift.drifted_share is None:
+        return f"insufficient data: {', '.join(f'{n} ({drift.features[n].detail})' for n in insufficient)}"
+    text = (f"{len(drifted)}/{drift.evaluated} features drifted ({drift.drifted_share:.0%}, "
+            f"threshold {drift.drift_share_threshold:.0%})" + (f": {', '.join(drifted)}" if drifted else ""))
+    return f"{text}; {lacking}" if lacking else text

@@ -40,18 +40,28 @@ class StepRun:
         return self.ctx.config
 
     @cached_property
-    def windows(self) -> Windows:
-        """The attempt's windows. A live prediction log is read from the snapshot validate froze into the
-        run, so every step of the attempt sees the rows the contract checked."""
-        from ml.data import load_windows, read_window
+    def reference(self) -> pd.DataFrame:
+        """The reference window (data.reference, or its override)."""
+        from ml.data import read_window
+
+        return read_window(self.config.reference_path, self.config.target).frame
+
+    @cached_property
+    def current(self) -> pd.DataFrame | None:
+        """The attempt's current window. A live prediction log is read from the snapshot validate froze into
+        the run, so every step of the attempt sees the rows the contract checked."""
+        from ml.data import read_window
 
         validation = self.state.validation
         if validation is not None and validation.current_snapshot:
-            snapshot = self.ctx.artifact(validation.current_snapshot)
-            reference = read_window(self.config.reference_path, self.config.target)
-            return Windows(reference.frame, read_window(str(snapshot), self.config.target).frame)
-        reference, current = load_windows(self.config)
-        return Windows(reference.frame, current.frame if current is not None else None)
+            return read_window(str(self.ctx.artifact(validation.current_snapshot)), self.config.target).frame
+        path = self.config.current_path
+        return read_window(path, self.config.target).frame if path else None
+
+    @property
+    def windows(self) -> Windows:
+        """Both windows (each read once per step, on first use)."""
+        return Windows(self.reference, self.current)
 
     @cached_property
     def champion(self) -> ModelVersion | None:

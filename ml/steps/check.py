@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
     from ml.decision import Decision, PerformanceResult
     from ml.drift import DriftResult
+    from ml.drift.profile import ReferenceProfile
     from ml.steps import StepRun
 
 log = logging.getLogger(__name__)
@@ -55,29 +57,78 @@ def validate(run: StepRun, *, dag_id: str | None = None, dag_run_id: str | None 
 
 
 def drift(run: StepRun) -> DriftResult:
-    """Drift of the current window against the reference `drift.reference` names."""
+    """Drift of the current window against the reference `drift.reference` names (its stored profile when
+    one exists: then only the current window is read)."""
     from ml.drift import DriftResult, detect_drift
 
-    reference, current = run.windows.reference, run.windows.current
+    current = run.current
     if current is None:
         return DriftResult.not_run("no current window configured", run.config.drift.drift_share)
-    compared_with = "data.reference"
-    if run.config.drift.reference == "champion":
-        champion_window = _champion_window(run)
-        if champion_window is not None:
-            compared_with, reference = champion_window
-        else:
-            compared_with = "data.reference (no champion trained with a current window yet)"
-    log.info("drift: current window (%d rows) vs %s (%d rows)", len(current), compared_with, len(reference))
-    result = detect_drift(run.config, reference, current, report_dir=run.ctx.work_dir / "reports")
+    compared_with, profile = _reference_profile(run)
+    log.info("drift: current window (%d rows) vs %s (%d rows)", len(current), compared_with, profile.rows)
+    result = detect_drift(run.config, profile, current, report_dir=run.ctx.work_dir / "reports")
     if result.report_path:
         run.ctx.log_artifact(Path(result.report_path), "reports")
-    run.ctx.client.log_metric(run.ctx.mlflow_run_id, "drift.drifted_share", result.drifted_share)
+    if result.drifted_share is not None:
+        run.ctx.client.log_metric(run.ctx.mlflow_run_id, "drift.drifted_share", result.drifted_share)
     return dataclasses.replace(result, compared_with=compared_with)
 
 
-def _champion_window(run: StepRun) -> tuple[str, pd.DataFrame] | None:
-    """(description, frame) of the current window the champion was trained with, from its MLflow run."""
+def _reference_profile(run: StepRun) -> tuple[str, ReferenceProfile]:
+    """(description, profile) of what the current window is compared with: data.reference, or with
+    `drift.reference: champion` the current window the champion was trained with."""
+    validation = run.state.require(Step.VALIDATE, Validation)
+    champion = run.champion
+    if run.config.drift.reference == "champion":
+        sha = (champion.tags or {}).get("ct.current_sha256") if champion is not None else None
+        if sha:
+            found = load_profile(run, sha) or _profile_of_champion_window(run, sha)
+            if found is not None:
+                return f"the current window champion v{champion.version} was trained with", found
+        described = "data.reference (no champion trained with a current window yet)"
+    else:
+        described = "data.reference"
+    sha = validation.reference_sha256 or ""
+    return described, load_profile(run, sha) or store_profile(run, run.reference, sha)
+
+
+def load_profile(run: StepRun, sha: str) -> ReferenceProfile | None:
+    """The stored profile of the window with this sha256: this machine's cache, else the champion's run."""
+    from ml.drift.profile import PROFILES_FOLDER, ReferenceProfile, profile_key
+    from ml.tracking import ct_home, download_run_artifact
+
+    key = profile_key(run.config, sha)
+    cached = ct_home() / "cache" / PROFILES_FOLDER / f"{key}.npz"
+    if not cached.exists() and run.champion is not None and run.champion.run_id:
+        try:
+            download_run_artifact(run.champion.run_id, f"{PROFILES_FOLDER}/{key}.npz", cached)
+        except Exception:  # the champion's run holds no profile of this window
+            return None
+    if not cached.exists():
+        return None
+    profile = ReferenceProfile.from_bytes(cached.read_bytes())
+    return profile if profile.sha256 == sha else None
+
+
+def store_profile(run: StepRun, frame: pd.DataFrame, sha: str) -> ReferenceProfile:
+    """Profile a window (canonical features), keep it in the cache and in this run (with the version this run
+    may register, so later runs against the same window read only their current window)."""
+    from ml.data import model_frame
+    from ml.drift.profile import PROFILES_FOLDER, ReferenceProfile, profile_key
+    from ml.tracking import ct_home
+
+    profile = ReferenceProfile.build(model_frame(frame, run.config), run.config, sha, seed=run.config.training.seed)
+    path = ct_home() / "cache" / PROFILES_FOLDER / f"{profile_key(run.config, sha)}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    partial.write_bytes(profile.to_bytes())
+    partial.replace(path)
+    run.ctx.log_artifact(path, PROFILES_FOLDER)
+    return profile
+
+
+def _profile_of_champion_window(run: StepRun, sha: str) -> ReferenceProfile | None:
+    """Profile the current window the champion was trained with, from its MLflow run (no stored profile)."""
     from ml.data import read_window
     from ml.tracking import download_run_artifact
 
@@ -90,18 +141,18 @@ def _champion_window(run: StepRun) -> tuple[str, pd.DataFrame] | None:
         except Exception:  # trained without a current window (or before windows were kept)
             return None
         frame = read_window(str(path), run.config.target).frame
-    return f"the current window champion v{champion.version} was trained with", frame
+    return store_profile(run, frame, sha)
 
 
 def performance(run: StepRun) -> PerformanceResult:
     """The champion's metric on the labelled current rows vs its holdout metric at registration."""
-    from ml.data import class_labels, encode_target, labelled, model_frame
+    from ml.data import encode_target, labelled, model_frame
     from ml.decision import assess_performance
     from ml.metrics import score
 
     config = run.config
     metric = config.performance.metric
-    reference, current = run.windows.reference, run.windows.current
+    current = run.current
     rows = labelled(current, config) if current is not None else None
     n_labelled = 0 if rows is None else len(rows)
     model = run.champion_model
@@ -111,14 +162,13 @@ def performance(run: StepRun) -> PerformanceResult:
         if recorded is not None:
             on_reference = float(recorded)
         else:  # versions registered by hand: fall back to the (in-sample) reference window
+            reference = run.reference
             y_ref = encode_target(reference[config.target], config, model.classes)
             on_reference = score(metric, y_ref, model.predict_proba(model_frame(reference, config)),
                                  model.threshold)
         if n_labelled:
             y = encode_target(rows[config.target], config, model.classes)
             on_current = score(metric, y, model.predict_proba(model_frame(rows, config)), model.threshold)
-    elif rows is not None and n_labelled:
-        class_labels(config, reference)  # contract-level sanity only; no model to score
     return assess_performance(metric, run.state.champion_version, on_reference, on_current, n_labelled,
                               config.performance.min_labelled_rows, config.performance.max_decay)
 

@@ -1,10 +1,11 @@
-"""The drift step's contract with Evidently: how its snapshot JSON is parsed into per-column results.
+"""The drift step's contract with Evidently's snapshot JSON (the HTML report's sample verdicts are parsed
+from it, and test_evidently_agreement.py compares our statistics with it).
 
-`ml.drift._parse` reads Evidently's snapshot dict (ValueDrift metrics for method/score/threshold, their
-tests for the verdict). A snapshot stored from the pinned Evidently version pins that parsing; a live
-report on the same seeded frames must parse to the same result, so an Evidently upgrade that changes its
-JSON fails here, loudly, instead of silently reporting "no drift". After a deliberate upgrade, regenerate
-the stored file with `PYTHONPATH=. .venv/bin/python tests/ml/test_drift_contract.py` and rename it.
+`ml.drift.report._parse` reads Evidently's snapshot dict (ValueDrift metrics for method/score/threshold,
+their tests for the verdict). A snapshot stored from the pinned Evidently version pins that parsing; a
+live report on the same seeded frames must parse to the same result, so an Evidently upgrade that changes
+its JSON fails here, loudly. After a deliberate upgrade, regenerate the stored file with
+`PYTHONPATH=. .venv/bin/python tests/ml/drift/test_drift_contract.py` and rename it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.drift import FeatureDrift, _parse
+from ml.drift.report import _parse
 
-STORED = Path(__file__).parent / "data" / "evidently_0.7.23_drift_snapshot.json"
+STORED = Path(__file__).parents[1] / "data" / "evidently_0.7.23_drift_snapshot.json"
 
 
 def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -46,12 +47,12 @@ def test_the_stored_snapshot_parses_to_known_results():
     parsed = _parse(json.loads(STORED.read_text()))
     assert set(parsed) == {"a", "b", "c"}
     # Below 1,000 reference rows Evidently tests numerics with KS and categoricals with chi-squared (p-values).
-    assert parsed["a"] == FeatureDrift(method="K-S p_value", score=pytest.approx(8.99e-14, rel=1e-2),
-                                       threshold=0.05, drifted=True)
-    assert parsed["b"].method == "K-S p_value" and parsed["b"].drifted is False
-    assert parsed["b"].score == pytest.approx(0.9331, abs=1e-4)
-    assert parsed["c"].method == "chi-square p_value" and parsed["c"].drifted is True
-    assert parsed["c"].score < 1e-20
+    assert parsed["a"] == {"method": "K-S p_value", "score": pytest.approx(8.99e-14, rel=1e-2),
+                           "threshold": 0.05, "drifted": True}
+    assert parsed["b"]["method"] == "K-S p_value" and parsed["b"]["drifted"] is False
+    assert parsed["b"]["score"] == pytest.approx(0.9331, abs=1e-4)
+    assert parsed["c"]["method"] == "chi-square p_value" and parsed["c"]["drifted"] is True
+    assert parsed["c"]["score"] < 1e-20
 
 
 def test_the_installed_evidently_still_produces_that_json():
@@ -62,17 +63,19 @@ def test_the_installed_evidently_still_produces_that_json():
     assert live.keys() == stored.keys(), f"evidently {evidently.__version__} names the columns differently"
     for column, expected in stored.items():
         got = live[column]
-        assert (got.method, got.threshold, got.drifted) == (expected.method, expected.threshold, expected.drifted), \
+        assert {k: got[k] for k in ("method", "threshold", "drifted")} == \
+            {k: expected[k] for k in ("method", "threshold", "drifted")}, \
             f"evidently {evidently.__version__} changed the drift result of '{column}': {got} != {expected}"
-        assert got.score == pytest.approx(expected.score, rel=1e-6, abs=1e-12)
+        assert got["score"] == pytest.approx(expected["score"], rel=1e-6, abs=1e-12)
 
 
-def test_detect_drift_gives_the_parsed_verdicts_in_feature_order():
+def test_detect_drift_with_evidentlys_rule_gives_its_verdicts_in_feature_order():
     from ml.config import parse_config
     from ml.drift import detect_drift
 
     config = parse_config({"name": "m", "target": "y", "positive_class": 1,
-                           "features": {"numeric": ["b", "a"], "categorical": ["c"]}, "data": {"reference": "r.csv"}})
+                           "features": {"numeric": ["b", "a"], "categorical": ["c"]}, "data": {"reference": "r.csv"},
+                           "drift": {"decision": "threshold"}})
     reference, current = frames()
     result = detect_drift(config, reference, current)
     assert list(result.features) == ["b", "a", "c"]
