@@ -166,21 +166,20 @@ def _decide_fdr(config: ModelConfig, features: dict[str, FeatureDrift]) -> dict[
     return out
 
 
-def detect_drift(config: ModelConfig, reference: pd.DataFrame | ReferenceProfile, current: pd.DataFrame,
-                 report_dir: Path | None = None) -> DriftResult:
-    """Compare the current window (raw rows) with a reference (its profile, or raw rows); write the HTML
-    report into report_dir when given."""
-    from ml.drift.profile import ReferenceProfile, profile_frame
+def detect_drift(config: ModelConfig, reference: pd.DataFrame | ReferenceProfile,
+                 current: pd.DataFrame | ReferenceProfile, report_dir: Path | None = None) -> DriftResult:
+    """Compare the current window with a reference (each given as raw rows or as its profile); write the
+    HTML report into report_dir when given."""
+    from ml.drift.profile import ReferenceProfile
 
     check_methods(config)
     dc = config.drift
-    if not isinstance(reference, ReferenceProfile):
-        reference = ReferenceProfile.build(model_frame(reference, config), config, sha256="")
-    frame = model_frame(current, config)
-    log.info("drift: %d reference rows vs %d current rows, %d features", reference.rows, len(frame),
+    reference, current = (w if isinstance(w, ReferenceProfile) else
+                          ReferenceProfile.build(model_frame(w, config), config, sha256="", seed=config.training.seed)
+                          for w in (reference, current))
+    log.info("drift: %d reference rows vs %d current rows, %d features", reference.rows, current.rows,
              len(config.feature_columns))
-    profiles = profile_frame(frame, config)
-    features = {c: _column(config, c, reference.columns[c], profiles[c]) for c in config.feature_columns}
+    features = {c: _column(config, c, reference.columns[c], current.columns[c]) for c in config.feature_columns}
     if dc.decision == "fdr":
         features = _decide_fdr(config, features)
     evaluated = [f for f in features.values() if f.drifted is not None]
@@ -194,8 +193,8 @@ def detect_drift(config: ModelConfig, reference: pd.DataFrame | ReferenceProfile
         from ml.drift.report import sample, write_report
 
         path = write_report(config, sample(reference.sample, dc.report_rows, config.training.seed),
-                            sample(frame, dc.report_rows, config.training.seed), result,
+                            sample(current.sample, dc.report_rows, config.training.seed), result,
                             report_dir / "drift_report.html", reference_rows=reference.rows,
-                            current_rows=len(frame))
+                            current_rows=current.rows)
         result = replace(result, report_path=str(path))
     return result

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 #: Points kept per numeric column (exact below this many distinct values).
 MAX_POINTS = 10_001
-#: Rows of the reference kept for the HTML report.
+#: Rows of a window kept for the HTML report (drift.report_rows may ask for fewer).
 SAMPLE_ROWS = 5_000
 _FORMAT = 1
 

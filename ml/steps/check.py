@@ -61,11 +61,15 @@ def drift(run: StepRun) -> DriftResult:
     one exists: then only the current window is read)."""
     from ml.drift import DriftResult, detect_drift
 
-    current = run.current
-    if current is None:
+    if run.current is None:
         return DriftResult.not_run("no current window configured", run.config.drift.drift_share)
     compared_with, profile = _reference_profile(run)
-    log.info("drift: current window (%d rows) vs %s (%d rows)", len(current), compared_with, profile.rows)
+    # profiled once and kept with this run: once a version trained on this window serves, it is the
+    # sliding reference (drift.reference: champion) of the runs after it
+    validation = run.state.require(Step.VALIDATE, Validation)
+    sha = validation.current_sha256 or ""
+    current = load_profile(run, sha) or store_profile(run, run.current, sha)
+    log.info("drift: current window (%d rows) vs %s (%d rows)", current.rows, compared_with, profile.rows)
     result = detect_drift(run.config, profile, current, report_dir=run.ctx.work_dir / "reports")
     if result.report_path:
         run.ctx.log_artifact(Path(result.report_path), "reports")
@@ -93,7 +97,8 @@ def _reference_profile(run: StepRun) -> tuple[str, ReferenceProfile]:
 
 
 def load_profile(run: StepRun, sha: str) -> ReferenceProfile | None:
-    """The stored profile of the window with this sha256: this machine's cache, else the champion's run."""
+    """The stored profile of the window with this sha256: this machine's cache, else the champion's run.
+    It is logged to this run too, so the version this run may register carries it."""
     from ml.drift.profile import PROFILES_FOLDER, ReferenceProfile, profile_key
     from ml.tracking import ct_home, download_run_artifact
 
@@ -107,7 +112,10 @@ def load_profile(run: StepRun, sha: str) -> ReferenceProfile | None:
     if not cached.exists():
         return None
     profile = ReferenceProfile.from_bytes(cached.read_bytes())
-    return profile if profile.sha256 == sha else None
+    if profile.sha256 != sha:
+        return None
+    run.ctx.log_artifact(cached, PROFILES_FOLDER)
+    return profile
 
 
 def store_profile(run: StepRun, frame: pd.DataFrame, sha: str) -> ReferenceProfile:
