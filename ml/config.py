@@ -171,6 +171,8 @@ class GatesConfig(_Strict):
     bootstrap_rounds: int = Field(default=500, ge=50)
     fairness_min_ratio: float = Field(default=0.8, ge=0.0, le=1.0)
     fairness_min_group_size: int = Field(default=30, ge=1)
+    #: fewer than two groups of fairness_min_group_size rows: `pass` (recorded as not evaluated) or `block`
+    fairness_unevaluable: Literal["pass", "block"] = "pass"
     parity_tolerance: float = Field(default=1e-4, gt=0.0)
     max_latency_ms: float = Field(default=10.0, gt=0.0)
     max_size_mb: float = Field(default=50.0, gt=0.0)

@@ -3,14 +3,21 @@
 Gates (pure functions over arrays, so they are tested without MLflow or files):
 - `min_<metric>`: absolute thresholds on the holdout (`gates.min_metrics`).
 - `challenger_vs_champion`: paired bootstrap of (challenger - champion) on the same holdout rows,
-  the newest labelled data. Passes when the lower confidence bound is >= -`gates.max_regression`
-  (a non-inferiority test, not a single point). With no champion (the first run) the challenger must
-  instead beat a no-skill baseline (the class prior) with the lower bound above zero: the bootstrap
-  case is explicit, not a rubber stamp.
+  the newest labelled data, a non-inferiority test with margin `gates.max_regression`:
+    lower confidence bound >= -margin         -> passes (not worse)
+    upper confidence bound <  -margin         -> fails (worse)
+    otherwise the holdout cannot tell         -> inconclusive: passes only when the champion has
+                                                 decayed (performance.max_decay) and the challenger is
+                                                 at least as good on these rows; else the champion stays
+  The interval and the power (the chance this holdout shows non-inferiority for two equal models) are
+  recorded, so a small holdout reads as "inconclusive, power 23%", not as "worse". With no champion (the
+  first run) the challenger must beat a no-skill baseline (the class prior) with the lower bound above
+  zero: the bootstrap case is explicit, not a rubber stamp.
 - `fairness`: disparate impact (min / max positive-prediction rate over `sensitive_feature` groups
-  with at least `gates.fairness_min_group_size` rows) must not be below `gates.fairness_min_ratio`
-  with `gates.confidence` (upper bound of the Katz interval of lowest/highest rate >= the ratio; the point estimate
-  is recorded).
+  with at least `gates.fairness_min_group_size` rows) must not be below `gates.fairness_min_ratio`: the
+  point estimate decides (the Katz interval is recorded beside it). Groups below the minimum size are
+  listed as not evaluated; with fewer than two groups left the gate is "not evaluated: N rows", which
+  passes unless `gates.fairness_unevaluable: block`.
 - `onnx_parity`: max |sklearn - onnxruntime| probability difference <= `gates.parity_tolerance`.
 - `latency`: p99 single-row onnxruntime latency in-process <= `gates.max_latency_ms`.
 - `size`: ONNX file size <= `gates.max_size_mb`.
@@ -39,6 +46,12 @@ class GateResult(Result):
     value: float | None
     threshold: float | None
     detail: str = ""
+    #: the confidence interval of `value`, where the gate estimates one
+    interval: list[float] | None = None
+    #: challenger_vs_champion: the chance this holdout shows non-inferiority if both models were equal
+    power: float | None = None
+    #: challenger_vs_champion: not_worse | worse | inconclusive (| better_than_baseline | not_better_than_baseline)
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,16 +97,25 @@ def min_metric_gate(metric: str, value: float, threshold: float) -> GateResult:
 def paired_bootstrap(metric: str, y: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarray, rounds: int,
                      confidence: float, seed: int, threshold: float = 0.5) -> tuple[float, float, float]:
     """(point estimate, lower, upper) of metric(a) - metric(b), sign-flipped for lower-is-better metrics
-    so that positive always means 'a is better'. Resamples rows jointly (paired)."""
+    so that positive always means 'a is better'. Resamples rows jointly (paired). Where the metric has a
+    weighted form (ml.metrics.weighted_scorer) a resample is scored as bootstrap counts on rows sorted
+    once, O(n) per round, with exactly the values resampling gives."""
     import numpy as np
+
+    from ml.metrics import weighted_scorer
 
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     point = sign * (score(metric, y, proba_a, threshold) - score(metric, y, proba_b, threshold))
     rng = np.random.default_rng(seed)
+    scorers = weighted_scorer(metric, y, proba_a, threshold), weighted_scorer(metric, y, proba_b, threshold)
     diffs = []
     for _ in range(rounds):
         idx = rng.integers(0, len(y), len(y))
-        d = score(metric, y[idx], proba_a[idx], threshold) - score(metric, y[idx], proba_b[idx], threshold)
+        if scorers[0] is not None and scorers[1] is not None:
+            weights = np.bincount(idx, minlength=len(y))
+            d = scorers[0](weights) - scorers[1](weights)
+        else:
+            d = score(metric, y[idx], proba_a[idx], threshold) - score(metric, y[idx], proba_b[idx], threshold)
         if not math.isnan(d):
             diffs.append(sign * d)
     if not diffs:
@@ -103,9 +125,22 @@ def paired_bootstrap(metric: str, y: np.ndarray, proba_a: np.ndarray, proba_b: n
     return float(point), float(lo), float(hi)
 
 
+def non_inferiority_power(lower: float, upper: float, margin: float, confidence: float) -> float:
+    """The chance that a holdout like this one shows non-inferiority (lower bound >= -margin) when both
+    models are equal, from the bootstrap interval's width (normal approximation)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    se = (upper - lower) / (2 * z)
+    if not se > 0:
+        return 1.0
+    return NormalDist().cdf(margin / se - z)
+
+
 def challenger_vs_champion_gate(metric: str, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
                                 champion_version: str | None, max_regression: float, rounds: int,
-                                confidence: float, seed: int, threshold: float = 0.5) -> GateResult:
+                                confidence: float, seed: int, threshold: float = 0.5,
+                                champion_decayed: bool = False) -> GateResult:
     import numpy as np
 
     pct = f"{confidence:.0%}"
@@ -116,12 +151,31 @@ def challenger_vs_champion_gate(metric: str, y: np.ndarray, challenger: np.ndarr
         passed = not math.isnan(lo) and lo > 0
         return GateResult(passed, _finite(point), 0.0,
                           f"bootstrap (no champion yet): {metric} gain over the no-skill baseline {point:+.4f}, "
-                          f"{pct} CI [{lo:+.4f}, {hi:+.4f}] must lie above 0")
+                          f"{pct} CI [{lo:+.4f}, {hi:+.4f}] must lie above 0", interval=_interval(lo, hi),
+                          outcome="better_than_baseline" if passed else "not_better_than_baseline")
     point, lo, hi = paired_bootstrap(metric, y, challenger, champion, rounds, confidence, seed, threshold)
-    passed = not math.isnan(lo) and lo >= -max_regression
-    return GateResult(passed, _finite(point), -max_regression,
-                      f"{metric} challenger - champion v{champion_version} = {point:+.4f}, {pct} CI "
-                      f"[{lo:+.4f}, {hi:+.4f}]; lower bound must be >= {-max_regression:+.4f}")
+    margin = -max_regression
+    head = (f"{metric} challenger - champion v{champion_version} = {point:+.4f}, {pct} CI [{lo:+.4f}, {hi:+.4f}] "
+            f"on {len(y)} rows, margin {margin:+.4f}")
+    if math.isnan(lo):
+        return GateResult(False, _finite(point), margin, f"{head}: {metric} undefined on the holdout")
+    power = non_inferiority_power(lo, hi, max_regression, confidence)
+    if lo >= margin:
+        outcome, passed, why = "not_worse", True, "not worse (lower bound >= margin)"
+    elif hi < margin:
+        outcome, passed, why = "worse", False, "worse (upper bound < margin)"
+    elif champion_decayed and point >= 0:
+        outcome, passed, why = "inconclusive", True, ("inconclusive; the champion has decayed and the challenger "
+                                                      "is at least as good on the newest rows: preferred")
+    else:
+        outcome, passed, why = "inconclusive", False, (
+            "inconclusive; the champion stays" + ("" if champion_decayed else " (it has not decayed)"))
+    return GateResult(passed, _finite(point), margin, f"{head}: {why}; power {power:.0%}",
+                      interval=_interval(lo, hi), power=power, outcome=outcome)
+
+
+def _interval(lo: float, hi: float) -> list[float] | None:
+    return None if math.isnan(lo) else [lo, hi]
 
 
 def rate_ratio_interval(pos_a: float, n_a: int, pos_b: float, n_b: int, confidence: float) -> tuple[float, float]:
@@ -138,11 +192,13 @@ def rate_ratio_interval(pos_a: float, n_a: int, pos_b: float, n_b: int, confiden
 
 
 def fairness_gate(groups: pd.Series | None, proba: np.ndarray, threshold: float, min_ratio: float,
-                  min_group_size: int, feature: str | None, confidence: float = 0.95) -> GateResult:
+                  min_group_size: int, feature: str | None, confidence: float = 0.95,
+                  block_unevaluable: bool = False) -> GateResult:
     """Disparate impact = lowest / highest positive-prediction rate over `feature` groups with at least
-    min_group_size rows. It fails when the ratio is below min_ratio with the given confidence (upper
-    bound of the Katz interval of the two rates < min_ratio): on a holdout of a few hundred rows the
-    point estimate alone swings by +-0.15 for a perfectly fair model, so a bare threshold would flap."""
+    min_group_size rows; it fails when that point estimate is below min_ratio (the Katz interval of the
+    two rates is recorded beside it, for how sure the estimate is). Too-small groups are listed as not
+    evaluated; with fewer than two groups left, the gate is not evaluated and passes unless
+    `block_unevaluable` (gates.fairness_unevaluable: block)."""
     import pandas as pd
 
     if feature is None or groups is None:
@@ -151,22 +207,27 @@ def fairness_gate(groups: pd.Series | None, proba: np.ndarray, threshold: float,
         return GateResult(True, None, min_ratio, "not evaluated: disparate impact is defined for binary tasks")
     positive = pd.Series(predict_labels(proba, threshold), index=groups.index)
     stats = positive.groupby(groups.astype(str)).agg(["sum", "size"])
+    small = stats[stats["size"] < min_group_size]
     stats = stats[stats["size"] >= min_group_size]
+    skipped = (f"; not evaluated: {', '.join(f'{g} ({n} rows)' for g, n in small['size'].items())} "
+               f"(< gates.fairness_min_group_size {min_group_size})") if len(small) else ""
     if len(stats) < 2:
-        return GateResult(True, None, min_ratio, f"not evaluated: fewer than 2 '{feature}' groups with "
-                          f">= {min_group_size} rows in the holdout")
+        return GateResult(not block_unevaluable, None, min_ratio,
+                          f"not evaluated: {len(stats)} '{feature}' group(s) with >= {min_group_size} rows in the "
+                          f"holdout of {len(groups)} rows{skipped}"
+                          + ("; gates.fairness_unevaluable: block" if block_unevaluable else ""))
     rates = (stats["sum"] / stats["size"]).sort_values()
     low, high = rates.index[0], rates.index[-1]
     if rates[high] == 0:
-        return GateResult(True, 1.0, min_ratio, f"no group of '{feature}' receives a positive prediction")
+        return GateResult(True, 1.0, min_ratio, f"no group of '{feature}' receives a positive prediction{skipped}")
     ratio = float(rates[low] / rates[high])
     lo, hi = rate_ratio_interval(stats.loc[low, "sum"], stats.loc[low, "size"], stats.loc[high, "sum"],
                                  stats.loc[high, "size"], confidence)
     listed = ", ".join(f"{g}={r:.3f}" for g, r in rates.items())
-    return GateResult(hi >= min_ratio, ratio, min_ratio,
-                      f"disparate impact on '{feature}' = {ratio:.3f} ({low} vs {high}), {confidence:.0%} CI "
-                      f"[{lo:.3f}, {hi:.3f}]; fails when the upper bound is below {min_ratio} "
-                      f"(positive rates: {listed})")
+    return GateResult(ratio >= min_ratio, ratio, min_ratio,
+                      f"disparate impact on '{feature}' = {ratio:.3f} ({low} vs {high}) must be >= {min_ratio}; "
+                      f"{confidence:.0%} CI [{lo:.3f}, {hi:.3f}] (positive rates: {listed}){skipped}",
+                      interval=[lo, hi])
 
 
 def parity_gate(sklearn_proba: np.ndarray, onnx_proba: np.ndarray, tolerance: float) -> GateResult:
@@ -191,7 +252,8 @@ def size_gate(size_bytes: int, max_mb: float) -> GateResult:
 
 def evaluate_gates(config: ModelConfig, *, y: np.ndarray, challenger_proba: np.ndarray,
                    sklearn_proba: np.ndarray, champion_proba: np.ndarray | None, champion_version: str | None,
-                   groups: pd.Series | None, latency_p99_ms: float, size_bytes: int) -> GateReport:
+                   groups: pd.Series | None, latency_p99_ms: float, size_bytes: int,
+                   champion_decayed: bool = False) -> GateReport:
     """All gates, in a fixed order. Inputs are the holdout labels and each model's probabilities."""
     g = config.gates
     threshold = config.model.threshold
@@ -200,9 +262,10 @@ def evaluate_gates(config: ModelConfig, *, y: np.ndarray, challenger_proba: np.n
         results[f"min_{metric}"] = min_metric_gate(metric, score(metric, y, challenger_proba, threshold), minimum)
     results["challenger_vs_champion"] = challenger_vs_champion_gate(
         config.performance.metric, y, challenger_proba, champion_proba, champion_version, g.max_regression,
-        g.bootstrap_rounds, g.confidence, config.training.seed, threshold)
+        g.bootstrap_rounds, g.confidence, config.training.seed, threshold, champion_decayed=champion_decayed)
     results["fairness"] = fairness_gate(groups, challenger_proba, threshold, g.fairness_min_ratio,
-                                        g.fairness_min_group_size, config.sensitive_feature, g.confidence)
+                                        g.fairness_min_group_size, config.sensitive_feature, g.confidence,
+                                        block_unevaluable=g.fairness_unevaluable == "block")
     results["onnx_parity"] = parity_gate(sklearn_proba, challenger_proba, g.parity_tolerance)
     results["latency"] = latency_gate(latency_p99_ms, g.max_latency_ms)
     results["size"] = size_gate(size_bytes, g.max_size_mb)

@@ -7,6 +7,7 @@ performance check and training report the same numbers. `HIGHER_IS_BETTER` says 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -60,3 +61,60 @@ def score(name: str, y_true: np.ndarray, proba: np.ndarray, threshold: float = 0
 
 def all_scores(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     return {name: score(name, y_true, proba, threshold) for name in HIGHER_IS_BETTER}
+
+
+def weighted_scorer(name: str, y_true: np.ndarray, proba: np.ndarray,
+                    threshold: float = 0.5) -> Callable[[np.ndarray], float] | None:
+    """`score` as a function of per-row weights (bootstrap counts), prepared once: a resample is the same
+    rows with integer weights, so `scorer(np.bincount(idx, minlength=n))` equals
+    `score(name, y[idx], proba[idx])`. The rows are sorted once (ROC AUC); each call is O(n). Binary
+    tasks; None where no weighted form is implemented (the caller resamples instead)."""
+    import numpy as np
+
+    if proba.shape[1] != 2:
+        return None
+    y = np.asarray(y_true) == 1
+    if name == "roc_auc":
+        order = np.argsort(proba[:, 1], kind="mergesort")
+        sorted_scores, positive = proba[order, 1], y[order]
+        group = np.concatenate([[0], np.cumsum(np.diff(sorted_scores) != 0)])  # ties share a group
+
+        def auc(weights: np.ndarray) -> float:
+            w = weights[order].astype(np.float64)
+            pos = np.bincount(group, weights=w * positive)
+            neg = np.bincount(group, weights=w * ~positive)
+            total_pos, total_neg = pos.sum(), neg.sum()
+            if total_pos == 0 or total_neg == 0:
+                return math.nan
+            below = np.cumsum(neg) - neg
+            return float(np.dot(pos, below + 0.5 * neg) / (total_pos * total_neg))
+
+        return auc
+    if name == "log_loss":
+        losses = -np.log(np.clip(np.where(y, proba[:, 1], proba[:, 0]), 1e-15, 1.0))
+        return lambda w: float(np.dot(w, losses) / w.sum())
+    predicted = predict_labels(proba, threshold) == 1
+    if name not in ("accuracy", "balanced_accuracy", "precision", "recall", "f1"):
+        return None
+    cells = (y & predicted, ~y & predicted, y & ~predicted, ~y & ~predicted)
+
+    def confusion(weights: np.ndarray) -> float:
+        tp, fp, fn, tn = (float(np.dot(weights, cell)) for cell in cells)
+        return _from_confusion(name, tp, fp, fn, tn)
+
+    return confusion
+
+
+def _from_confusion(name: str, tp: float, fp: float, fn: float, tn: float) -> float:
+    """scikit-learn's binary metric (zero_division=0) from weighted confusion counts."""
+    if name == "accuracy":
+        return (tp + tn) / (tp + fp + fn + tn)
+    if name == "balanced_accuracy":
+        recalls = [r for r in ((tp / (tp + fn)) if tp + fn else None, (tn / (tn + fp)) if tn + fp else None)
+                   if r is not None]
+        return sum(recalls) / len(recalls)
+    if name == "precision":
+        return tp / (tp + fp) if tp + fp else 0.0
+    if name == "recall":
+        return tp / (tp + fn) if tp + fn else 0.0
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0  # f1

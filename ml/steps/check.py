@@ -61,13 +61,13 @@ def drift(run: StepRun) -> DriftResult:
     one exists: then only the current window is read)."""
     from ml.drift import DriftResult, detect_drift
 
-    if run.current is None:
+    validation = run.state.require(Step.VALIDATE, Validation)
+    if not validation.current_sha256:
         return DriftResult.not_run("no current window configured", run.config.drift.drift_share)
     compared_with, profile = _reference_profile(run)
     # profiled once and kept with this run: once a version trained on this window serves, it is the
     # sliding reference (drift.reference: champion) of the runs after it
-    validation = run.state.require(Step.VALIDATE, Validation)
-    sha = validation.current_sha256 or ""
+    sha = validation.current_sha256
     current = load_profile(run, sha) or store_profile(run, run.current, sha)
     log.info("drift: current window (%d rows) vs %s (%d rows)", current.rows, compared_with, profile.rows)
     result = detect_drift(run.config, profile, current, report_dir=run.ctx.work_dir / "reports")

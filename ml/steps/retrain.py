@@ -80,11 +80,18 @@ def gates(run: StepRun) -> GateReport:
                             champion_proba=champion.predict_proba(features) if champion is not None else None,
                             champion_version=run.state.champion_version, groups=groups,
                             latency_p99_ms=challenger.single_row_latency_ms(features),
-                            size_bytes=challenger.size_bytes)
+                            size_bytes=challenger.size_bytes, champion_decayed=_champion_decayed(run))
     for name, gate in report.gates.items():
         if gate.value is not None:
             ctx.client.log_metric(ctx.mlflow_run_id, f"gate.{name}", gate.value)
     return report
+
+
+def _champion_decayed(run: StepRun) -> bool:
+    from ml.decision import PerformanceResult
+
+    performance = run.state.get(Step.PERFORMANCE, PerformanceResult)
+    return performance is not None and performance.decayed
 
 
 def register(run: StepRun) -> Registration:

@@ -53,6 +53,44 @@ def test_challenger_vs_champion(labelled):
     assert better.passed and better.value > 0.1
 
 
+def small_holdout(seed: int) -> tuple:
+    """60 rows, two models of about the same skill: the interval is far wider than the margin."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 60)
+    champion = two_col(np.clip(0.5 + (y - 0.5) * 0.4 + rng.normal(0, 0.25, 60), 0.01, 0.99))
+    challenger = two_col(np.clip(0.5 + (y - 0.5) * 0.42 + rng.normal(0, 0.25, 60), 0.01, 0.99))
+    return y, challenger, champion
+
+
+def test_an_inconclusive_comparison_keeps_a_healthy_champion_and_prefers_a_challenger_over_a_decayed_one():
+    y, challenger, champion = small_holdout(2)  # the challenger scores higher on these rows
+    healthy = challenger_vs_champion_gate("roc_auc", y, challenger, champion, "1", 0.02, 300, 0.95, 0)
+    assert healthy.outcome == "inconclusive" and not healthy.passed and "champion stays" in healthy.detail
+    assert healthy.value > 0 and healthy.interval[0] < -0.02 < healthy.interval[1] and 0 < healthy.power < 0.5
+    decayed = challenger_vs_champion_gate("roc_auc", y, challenger, champion, "1", 0.02, 300, 0.95, 0,
+                                          champion_decayed=True)
+    assert decayed.outcome == "inconclusive" and decayed.passed and "preferred" in decayed.detail
+    y, challenger, champion = small_holdout(1)  # here it scores lower: a decayed champion still stays
+    lower = challenger_vs_champion_gate("roc_auc", y, challenger, champion, "1", 0.02, 300, 0.95, 0,
+                                        champion_decayed=True)
+    assert lower.value < 0 and lower.outcome == "inconclusive" and not lower.passed
+
+
+def test_weighted_bootstrap_gives_the_resampling_values(labelled):
+    from ml.metrics import score
+
+    y, good, weak = labelled
+    for metric in ("roc_auc", "accuracy", "f1", "log_loss"):
+        point, lo, hi = paired_bootstrap(metric, y, good, weak, 50, 0.9, 4)
+        rng = np.random.default_rng(4)
+        sign = 1 if metric != "log_loss" else -1
+        diffs = []
+        for _ in range(50):
+            idx = rng.integers(0, len(y), len(y))
+            diffs.append(sign * (score(metric, y[idx], good[idx]) - score(metric, y[idx], weak[idx])))
+        assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.05, 0.95])), abs=1e-12)
+
+
 def test_bootstrap_case_requires_beating_the_no_skill_baseline(labelled):
     y, good, _ = labelled
     assert challenger_vs_champion_gate("roc_auc", y, good, None, None, 0.02, 200, 0.95, 0).passed
@@ -77,11 +115,27 @@ def test_fairness_gate():
     unfair = two_col([0.9] * 800 + [0.1] * 1200 + [0.9] * 300 + [0.1] * 1700)
     result = fairness_gate(groups, unfair, 0.5, 0.8, 30, "g")
     assert not result.passed and result.value == pytest.approx(300 / 800)
-    small = pd.Series(["a"] * 40 + ["b"] * 40)  # noisy point estimate 0.625, interval reaches 0.8
-    noisy = two_col([0.9] * 16 + [0.1] * 24 + [0.9] * 10 + [0.1] * 30)
-    assert fairness_gate(small, noisy, 0.5, 0.8, 30, "g").passed
     assert "no sensitive_feature" in fairness_gate(None, fair, 0.5, 0.8, 30, None).detail
-    assert "fewer than 2" in fairness_gate(groups, fair, 0.5, 0.8, 5000, "g").detail
+
+
+def test_fairness_fails_on_the_point_estimate_with_adequate_groups():
+    """A disparate impact of 0.60 with 100 rows per group fails, though its interval still reaches 0.8."""
+    groups = pd.Series(["a"] * 100 + ["b"] * 100)
+    proba = two_col([0.9] * 50 + [0.1] * 50 + [0.9] * 30 + [0.1] * 70)
+    result = fairness_gate(groups, proba, 0.5, 0.8, 30, "g")
+    assert not result.passed and result.value == pytest.approx(0.6)
+    assert result.interval[1] > 0.8  # the old rule (fail only when the upper bound is below 0.8) passed it
+
+
+def test_fairness_names_groups_too_small_to_judge():
+    groups = pd.Series(["a"] * 200 + ["b"] * 200 + ["c"] * 12)
+    proba = two_col([0.9] * 100 + [0.1] * 100 + [0.9] * 95 + [0.1] * 105 + [0.1] * 12)
+    result = fairness_gate(groups, proba, 0.5, 0.8, 30, "g")
+    assert result.passed and "not evaluated: c (12 rows)" in result.detail
+    few = fairness_gate(groups, proba, 0.5, 0.8, 5000, "g")
+    assert few.passed and few.value is None and "not evaluated: 0 'g' group(s)" in few.detail
+    blocked = fairness_gate(groups, proba, 0.5, 0.8, 5000, "g", block_unevaluable=True)
+    assert not blocked.passed and "fairness_unevaluable: block" in blocked.detail
 
 
 def test_parity_latency_size():
