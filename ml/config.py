@@ -162,6 +162,53 @@ class PerformanceConfig(_Strict):
     metric: Literal[METRICS] = "roc_auc"  # type: ignore[valid-type]
     max_decay: float = Field(default=0.05, ge=0.0)
     min_labelled_rows: int = Field(default=100, ge=1)
+    #: estimate the champion's metric without labels (ml.estimate) every run
+    estimate: bool = True
+
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds of a duration written as '90s', '30m', '12h', '7d', '2w' (or a number of seconds)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '12h' or '7d', got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"expected a duration such as '12h' or '7d', got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+class PolicyConfig(_Strict):
+    """When a detected change is allowed to become a retrain (ml.decision)."""
+
+    #: after a retrain, drift alone does not trigger another before this much time ('12h', '2d'; none = 0)
+    cooldown: str | int | None = None
+    #: [k, n]: drift must be seen in k of the last n runs of this model (this one included) to trigger
+    k_of_n: list[int] | None = None
+    #: at most this many retrain decisions per 7 days (forced and bootstrap runs are not limited)
+    max_retrains_per_week: int | None = Field(default=None, ge=1)
+
+    @field_validator("cooldown")
+    @classmethod
+    def _duration(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("k_of_n")
+    @classmethod
+    def _k_of_n(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or not 1 <= value[0] <= value[1]):
+            raise ValueError(f"expected [k, n] with 1 <= k <= n, got {value}")
+        return value
+
+    @property
+    def cooldown_s(self) -> float:
+        return parse_duration(self.cooldown) if self.cooldown is not None else 0.0
 
 
 class GatesConfig(_Strict):
@@ -239,6 +286,7 @@ class ModelConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     #: Where the config was read from (not a YAML key); relative data paths resolve against it.

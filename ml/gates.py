@@ -14,10 +14,14 @@ Gates (pure functions over arrays, so they are tested without MLflow or files):
   first run) the challenger must beat a no-skill baseline (the class prior) with the lower bound above
   zero: the bootstrap case is explicit, not a rubber stamp.
 - `fairness`: disparate impact (min / max positive-prediction rate over `sensitive_feature` groups
-  with at least `gates.fairness_min_group_size` rows) must not be below `gates.fairness_min_ratio`: the
-  point estimate decides (the Katz interval is recorded beside it). Groups below the minimum size are
-  listed as not evaluated; with fewer than two groups left the gate is "not evaluated: N rows", which
-  passes unless `gates.fairness_unevaluable: block`.
+  with at least `gates.fairness_min_group_size` rows). It fails when the point estimate is below
+  `gates.fairness_min_ratio` and the groups' positive rates differ significantly (chi-squared test of
+  homogeneity, p < 1 - `gates.confidence`): the four-fifths rule together with statistical significance,
+  as the US Uniform Guidelines (29 CFR 1607.4D) read it. A bare point estimate over several groups is
+  biased low: a perfectly fair model with six groups of 300 rows at a 30% positive rate reads below 0.8
+  about half the time by sampling noise alone. The Katz interval of the ratio is recorded beside it.
+  Groups below the minimum size are listed as not evaluated; with fewer than two groups left the gate
+  is "not evaluated: N rows", which passes unless `gates.fairness_unevaluable: block`.
 - `onnx_parity`: max |sklearn - onnxruntime| probability difference <= `gates.parity_tolerance`.
 - `latency`: p99 single-row onnxruntime latency in-process <= `gates.max_latency_ms`.
 - `size`: ONNX file size <= `gates.max_size_mb`.
@@ -195,16 +199,18 @@ def fairness_gate(groups: pd.Series | None, proba: np.ndarray, threshold: float,
                   min_group_size: int, feature: str | None, confidence: float = 0.95,
                   block_unevaluable: bool = False) -> GateResult:
     """Disparate impact = lowest / highest positive-prediction rate over `feature` groups with at least
-    min_group_size rows; it fails when that point estimate is below min_ratio (the Katz interval of the
-    two rates is recorded beside it, for how sure the estimate is). Too-small groups are listed as not
-    evaluated; with fewer than two groups left, the gate is not evaluated and passes unless
-    `block_unevaluable` (gates.fairness_unevaluable: block)."""
+    min_group_size rows; fails when it is below min_ratio and the rates differ significantly (module
+    docstring). Too-small groups are listed as not evaluated; with fewer than two groups left, the gate is
+    not evaluated and passes unless `block_unevaluable` (gates.fairness_unevaluable: block)."""
     import pandas as pd
+    from scipy import stats as scipy_stats
 
     if feature is None or groups is None:
-        return GateResult(True, None, min_ratio, "not evaluated: no sensitive_feature in the config")
+        return GateResult(True, None, min_ratio, "not evaluated: no sensitive_feature in the config",
+                          outcome="not_evaluated")
     if proba.shape[1] != 2:
-        return GateResult(True, None, min_ratio, "not evaluated: disparate impact is defined for binary tasks")
+        return GateResult(True, None, min_ratio, "not evaluated: disparate impact is defined for binary tasks",
+                          outcome="not_evaluated")
     positive = pd.Series(predict_labels(proba, threshold), index=groups.index)
     stats = positive.groupby(groups.astype(str)).agg(["sum", "size"])
     small = stats[stats["size"] < min_group_size]
@@ -215,19 +221,31 @@ def fairness_gate(groups: pd.Series | None, proba: np.ndarray, threshold: float,
         return GateResult(not block_unevaluable, None, min_ratio,
                           f"not evaluated: {len(stats)} '{feature}' group(s) with >= {min_group_size} rows in the "
                           f"holdout of {len(groups)} rows{skipped}"
-                          + ("; gates.fairness_unevaluable: block" if block_unevaluable else ""))
+                          + ("; gates.fairness_unevaluable: block" if block_unevaluable else ""),
+                          outcome="not_evaluated")
     rates = (stats["sum"] / stats["size"]).sort_values()
     low, high = rates.index[0], rates.index[-1]
     if rates[high] == 0:
-        return GateResult(True, 1.0, min_ratio, f"no group of '{feature}' receives a positive prediction{skipped}")
+        return GateResult(True, 1.0, min_ratio, f"no group of '{feature}' receives a positive prediction{skipped}",
+                          outcome="fair")
     ratio = float(rates[low] / rates[high])
     lo, hi = rate_ratio_interval(stats.loc[low, "sum"], stats.loc[low, "size"], stats.loc[high, "sum"],
                                  stats.loc[high, "size"], confidence)
+    table = [stats["sum"].to_numpy(), (stats["size"] - stats["sum"]).to_numpy()]
+    p_value = float(scipy_stats.chi2_contingency(table).pvalue) if min(map(sum, table)) > 0 else 1.0
+    significant = p_value < 1 - confidence
+    if ratio >= min_ratio:
+        outcome, passed, verdict = "fair", True, f">= {min_ratio}"
+    elif significant:
+        outcome, passed, verdict = "unfair", False, f"< {min_ratio} and the rates differ significantly"
+    else:
+        outcome, passed, verdict = "below_ratio_not_significant", True, (
+            f"< {min_ratio}, but the rates do not differ significantly on these rows (review it)")
     listed = ", ".join(f"{g}={r:.3f}" for g, r in rates.items())
-    return GateResult(ratio >= min_ratio, ratio, min_ratio,
-                      f"disparate impact on '{feature}' = {ratio:.3f} ({low} vs {high}) must be >= {min_ratio}; "
-                      f"{confidence:.0%} CI [{lo:.3f}, {hi:.3f}] (positive rates: {listed}){skipped}",
-                      interval=[lo, hi])
+    return GateResult(passed, ratio, min_ratio,
+                      f"disparate impact on '{feature}' = {ratio:.3f} ({low} vs {high}) {verdict}: chi-squared "
+                      f"p={p_value:.3g}, {confidence:.0%} CI [{lo:.3f}, {hi:.3f}] (positive rates: {listed}){skipped}",
+                      interval=[lo, hi], outcome=outcome)
 
 
 def parity_gate(sklearn_proba: np.ndarray, onnx_proba: np.ndarray, tolerance: float) -> GateResult:

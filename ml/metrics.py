@@ -100,12 +100,12 @@ def weighted_scorer(name: str, y_true: np.ndarray, proba: np.ndarray,
 
     def confusion(weights: np.ndarray) -> float:
         tp, fp, fn, tn = (float(np.dot(weights, cell)) for cell in cells)
-        return _from_confusion(name, tp, fp, fn, tn)
+        return from_confusion(name, tp, fp, fn, tn)
 
     return confusion
 
 
-def _from_confusion(name: str, tp: float, fp: float, fn: float, tn: float) -> float:
+def from_confusion(name: str, tp: float, fp: float, fn: float, tn: float) -> float:
     """scikit-learn's binary metric (zero_division=0) from weighted confusion counts."""
     if name == "accuracy":
         return (tp + tn) / (tp + fp + fn + tn)

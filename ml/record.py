@@ -56,6 +56,9 @@ class RunRecord(Result):
     decision: str
     reason: str | None
     triggers: list[str]
+    #: the policy rule that decided and every input it looked at (ml.decision)
+    rule: str | None
+    decision_inputs: dict[str, Any]
     training: dict[str, Any] | None
     gates: dict[str, Any]
     failed_gates: list[str]
@@ -153,8 +156,10 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
                   "warnings": validation.warnings if validation else []},
         drift=_drift_section(state.get(Step.DRIFT, DriftResult)),
         performance=_section(perf, ("champion_version", "metric", "on_reference", "on_current", "decayed",
-                                    "labelled_rows", "detail")),
+                                    "labelled_rows", "detail", "estimated", "estimate_decayed", "calibrated",
+                                    "estimate_error")),
         decision=verdict, reason=reason, triggers=decision.triggers if decision else [],
+        rule=decision.rule if decision else None, decision_inputs=decision.inputs if decision else {},
         training=_section(trained, ("estimator", "window", "candidates", "train_rows", "eval_rows", "eval_source",
                                     "metrics", "model_uri")) if trained else None,
         gates={name: g.to_dict() for name, g in report.gates.items()} if report else {},

@@ -17,7 +17,7 @@ from ml.steps import SNAPSHOT, snapshot_current
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ml.decision import Decision, PerformanceResult
+    from ml.decision import Decision, PerformanceResult, PolicyInputs
     from ml.drift import DriftResult
     from ml.drift.profile import ReferenceProfile
     from ml.steps import StepRun
@@ -75,6 +75,9 @@ def drift(run: StepRun) -> DriftResult:
         run.ctx.log_artifact(Path(result.report_path), "reports")
     if result.drifted_share is not None:
         run.ctx.client.log_metric(run.ctx.mlflow_run_id, "drift.drifted_share", result.drifted_share)
+    # the run history policy.k_of_n reads
+    run.ctx.client.set_tag(run.ctx.mlflow_run_id, "ct.dataset_drift",
+                           {True: "true", False: "false", None: "none"}[result.dataset_drift])
     return dataclasses.replace(result, compared_with=compared_with)
 
 
@@ -153,20 +156,24 @@ def _profile_of_champion_window(run: StepRun, sha: str) -> ReferenceProfile | No
 
 
 def performance(run: StepRun) -> PerformanceResult:
-    """The champion's metric on the labelled current rows vs its holdout metric at registration."""
+    """The champion's metric on the labelled current rows vs its holdout metric at registration, and its
+    label-free estimate on the whole current window."""
     from ml.data import encode_target, labelled, model_frame
     from ml.decision import assess_performance
+    from ml.estimate import calibration_from_tags, estimate_metric
     from ml.metrics import score
 
     config = run.config
     metric = config.performance.metric
     current = run.current
+    model = run.champion_model
+    tags = (run.champion.tags or {}) if run.champion is not None else {}
     rows = labelled(current, config) if current is not None else None
     n_labelled = 0 if rows is None else len(rows)
-    model = run.champion_model
-    on_reference = on_current = None
+    on_reference = on_current = estimated = None
+    calibration = calibration_from_tags(tags)
     if model is not None:
-        recorded = (run.champion.tags or {}).get(f"ct.metric.{metric}") if run.champion else None
+        recorded = tags.get(f"ct.metric.{metric}")
         if recorded is not None:
             on_reference = float(recorded)
         else:  # versions registered by hand: fall back to the (in-sample) reference window
@@ -174,11 +181,44 @@ def performance(run: StepRun) -> PerformanceResult:
             y_ref = encode_target(reference[config.target], config, model.classes)
             on_reference = score(metric, y_ref, model.predict_proba(model_frame(reference, config)),
                                  model.threshold)
+        if current is not None and len(current) and config.performance.estimate:
+            proba = model.predict_proba(model_frame(current, config))
+            estimated = estimate_metric(metric, proba, calibration, model.threshold)
         if n_labelled:
             y = encode_target(rows[config.target], config, model.classes)
             on_current = score(metric, y, model.predict_proba(model_frame(rows, config)), model.threshold)
     return assess_performance(metric, run.state.champion_version, on_reference, on_current, n_labelled,
-                              config.performance.min_labelled_rows, config.performance.max_decay)
+                              config.performance.min_labelled_rows, config.performance.max_decay,
+                              estimated=estimated, calibrated=calibration is not None)
+
+
+def policy_inputs(run: StepRun, validation: Validation, trained_on_current: bool) -> PolicyInputs:
+    """What the retrain policy needs from the registry and from this model's earlier runs (MLflow), asked
+    for only where the config's policy uses it."""
+    from datetime import datetime, timedelta
+
+    from ml.decision import PolicyInputs
+
+    rules, ctx = run.config.policy, run.ctx
+    as_of = datetime.fromisoformat(validation.started_at)
+    hours = None
+    if run.champion is not None and run.champion.creation_timestamp:
+        hours = (as_of.timestamp() * 1000 - run.champion.creation_timestamp) / 3_600_000
+    labelled_rows = validation.rows.get("current_labelled") or 0
+    recent: list[bool | None] = []
+    if rules.k_of_n and rules.k_of_n[1] > 1:
+        earlier = ctx.client.search_runs([ctx.experiment_id], "tags.`ct.dataset_drift` != ''",
+                                         order_by=["attributes.start_time DESC"], max_results=rules.k_of_n[1])
+        recent = [{"true": True, "false": False}.get(r.data.tags.get("ct.dataset_drift", ""))
+                  for r in earlier if r.info.run_id != ctx.mlflow_run_id][: rules.k_of_n[1] - 1]
+    retrains = 0
+    if rules.max_retrains_per_week is not None:
+        since = int((as_of - timedelta(days=7)).timestamp() * 1000)
+        retrains = sum(r.info.run_id != ctx.mlflow_run_id for r in ctx.client.search_runs(
+            [ctx.experiment_id], f"tags.`ct.decision` = 'retrain' and attributes.start_time >= {since}",
+            max_results=1000))
+    return PolicyInputs(new_labelled_rows=0 if trained_on_current else labelled_rows, hours_since_retrain=hours,
+                        recent_drift=recent, retrains_last_week=retrains)
 
 
 def decide(run: StepRun, *, force_retrain: bool = False) -> Decision:
@@ -200,7 +240,8 @@ def decide(run: StepRun, *, force_retrain: bool = False) -> Decision:
         labelled_rows=validation.rows.get("current_labelled") or 0, force_retrain=force_retrain,
         champion_version=validation.champion_version if validation.passed else None,
         champion_trained_on_current=trained_on_current,
-        min_labelled_rows=run.config.performance.min_labelled_rows)
+        min_labelled_rows=run.config.performance.min_labelled_rows, config=run.config,
+        policy=policy_inputs(run, validation, trained_on_current) if validation.passed else None)
     log.info("decision: %s (%s)", result.decision, result.reason)
     run.ctx.client.set_tag(run.ctx.mlflow_run_id, "ct.decision", result.decision)
     return dataclasses.replace(result, force_retrain=force_retrain)

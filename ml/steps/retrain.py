@@ -96,6 +96,7 @@ def _champion_decayed(run: StepRun) -> bool:
 
 def register(run: StepRun) -> Registration:
     """Register the gated challenger (once per run) with lineage tags; move `challenger` to it."""
+    from ml.estimate import calibration_tag, fit_calibration
     from ml.registry import CHALLENGER, Registration, move_alias, register_version, version_tags
     from ml.tracking import code_version
 
@@ -104,9 +105,12 @@ def register(run: StepRun) -> Registration:
     if report is None or not report.passed:
         raise StateError("refusing to register: the gates of this attempt did not pass (or did not run)")
     trained = run.state.require(Step.TRAIN, TrainResult)
+    holdout = Holdout.read(ctx.artifact(HOLDOUT_ARTIFACT))
     tags = version_tags(run_key=ctx.run_key, mlflow_run_id=ctx.mlflow_run_id, code_version=code_version(),
                         validation=run.state.require(Step.VALIDATE, Validation), trained=trained, gates=report,
                         decision=run.state.get(Step.DECIDE, Decision), drift=run.state.get(Step.DRIFT, DriftResult))
+    # the label-free estimate of later runs (ml.estimate) reads this version's calibration
+    tags |= calibration_tag(fit_calibration(holdout.y, holdout.sklearn_proba))
     version, created = register_version(ctx.client, config.name, trained.model_uri, trained.model_id,
                                         ctx.mlflow_run_id, tags)
     move = move_alias(ctx.client, config.name, CHALLENGER, str(version.version),

@@ -80,14 +80,16 @@ def test_a_promoted_record_carries_every_section():
     doc = record.to_dict()
     assert doc["status"] == "promoted" and record.failure() is None
     assert doc["data"]["current_sha256"] == "b" * 64 and doc["data"]["rows"]["reference"] == 10
-    assert doc["drift"]["features"]["x"] == {"method": "ks", "score": 0.01, "threshold": 0.05, "drifted": True}
+    assert {k: doc["drift"]["features"]["x"][k] for k in ("method", "score", "threshold", "drifted")} == \
+        {"method": "ks", "score": 0.01, "threshold": 0.05, "drifted": True}
     assert doc["performance"]["decayed"] is True and doc["triggers"] == ["data_drift"]
     assert doc["training"]["estimator"] == "logistic_regression" and doc["failed_gates"] == []
     assert doc["challenger_version"] == "2" and doc["champion_version"] == "2" and doc["promoted"] is True
     assert doc["deployment"] == {"target": "local", "version": "2", "status": "deployed", "rolled_back": False,
                                  "url": "http://127.0.0.1:1", "detail": "ok"}
     assert set(doc) == {"model", "run_id", "run_key", "dag_id", "dag_run_id", "started_at", "finished_at", "status",
-                        "data", "contract", "drift", "performance", "decision", "reason", "triggers", "training",
+                        "data", "contract", "drift", "performance", "decision", "reason", "triggers", "rule",
+                        "decision_inputs", "training",
                         "gates", "failed_gates", "challenger_version", "promoted", "champion_version", "deployment",
                         "errors"}
 
