@@ -164,6 +164,9 @@ class PerformanceConfig(_Strict):
     min_labelled_rows: int = Field(default=100, ge=1)
     #: estimate the champion's metric without labels (ml.estimate) every run
     estimate: bool = True
+    #: labelled rows whose positives differ from the champion's calibrated probabilities by this share of
+    #: the rows (significantly) count as decay: P(y|x) moved even where the metric (e.g. ROC AUC) did not
+    max_calibration_gap: float = Field(default=0.05, gt=0.0, le=1.0)
 
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

@@ -59,6 +59,11 @@ class PerformanceResult(Result):
     calibrated: bool = False
     #: estimated - measured, when both exist (how far to trust the estimate)
     estimate_error: float | None = None
+    #: do the labelled rows still follow the champion's calibrated probabilities? (ml.estimate.calibration_test)
+    calibration_p_value: float | None = None
+    calibration_gap: float | None = None
+    #: they do not: a significant gap of at least performance.max_calibration_gap (P(y|x) moved)
+    miscalibrated: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,17 +97,26 @@ def _drop(metric: str, reference: float, current: float) -> float:
 
 def assess_performance(metric: str, champion_version: str | None, on_reference: float | None,
                        on_current: float | None, labelled_rows: int, min_labelled_rows: int,
-                       max_decay: float, estimated: float | None = None, calibrated: bool = False) -> PerformanceResult:
+                       max_decay: float, estimated: float | None = None, calibrated: bool = False,
+                       calibration: tuple[float, float] | None = None, max_calibration_gap: float = 0.05,
+                       confidence: float = 0.95) -> PerformanceResult:
     """Has the champion's metric on labelled current data fallen more than max_decay below its reference
-    (holdout) value? And its label-free estimate on the whole current window?"""
+    (holdout) value? Do those rows still follow its probabilities? And its label-free estimate?"""
     usable = [v for v in (on_reference, estimated) if v is not None and not math.isnan(v)]
     estimate_decayed = len(usable) == 2 and _drop(metric, on_reference, estimated) > max_decay  # type: ignore[arg-type]
     estimate_error = (estimated - on_current if estimated is not None and on_current is not None
                       and not math.isnan(on_current) else None)
+    p_value, gap = calibration if calibration is not None else (None, None)
+    miscalibrated = (labelled_rows >= min_labelled_rows and p_value is not None and p_value < 1 - confidence
+                     and gap is not None and gap >= max_calibration_gap)
 
     def result(decayed: bool, detail: str) -> PerformanceResult:
-        return PerformanceResult(champion_version, metric, on_reference, on_current, decayed, labelled_rows,
-                                 max_decay, detail, estimated, estimate_decayed, calibrated, estimate_error)
+        if miscalibrated:
+            detail += (f"; the labels no longer follow its probabilities (calibration gap {gap:.3f} >= "
+                       f"{max_calibration_gap}, p={p_value:.2g})")
+        return PerformanceResult(champion_version, metric, on_reference, on_current, decayed or miscalibrated,
+                                 labelled_rows, max_decay, detail, estimated, estimate_decayed, calibrated,
+                                 estimate_error, p_value, gap, miscalibrated)
 
     if champion_version is None:
         return result(False, "no champion yet")

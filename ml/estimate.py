@@ -107,3 +107,26 @@ def calibration_from_tags(tags: dict[str, Any]) -> Calibration | None:
 
     raw = tags.get("ct.calibration")
     return Calibration.from_dict(json.loads(raw)) if raw else None
+
+
+def calibration_test(y: np.ndarray, proba: np.ndarray, calibration: Calibration | None,
+                     bins: int = 10) -> tuple[float, float] | None:
+    """Do labelled rows still follow the model's (calibrated) probabilities? (p-value, gap): a chi-squared
+    test of observed vs expected positives in `bins` probability bins (Hosmer-Lemeshow style, variance
+    from the probabilities themselves), and the mass-weighted mean |observed - expected| share. A change
+    of P(y|x) that keeps the ranking (so ROC AUC) intact, such as a moved decision boundary, shows here."""
+    import numpy as np
+    from scipy import stats
+
+    if proba.shape[1] != 2 or len(y) < 2 * bins:
+        return None
+    p = calibration.apply(proba[:, 1]) if calibration is not None else proba[:, 1]
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    index = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+    observed = np.bincount(index, weights=y.astype(float), minlength=len(edges) - 1)
+    expected = np.bincount(index, weights=p, minlength=len(edges) - 1)
+    variance = np.bincount(index, weights=p * (1 - p), minlength=len(edges) - 1)
+    used = variance > 0
+    statistic = float(np.sum((observed[used] - expected[used]) ** 2 / variance[used]))
+    gap = float(np.abs(observed - expected).sum() / len(y))
+    return float(stats.chi2.sf(statistic, max(int(used.sum()), 1))), gap

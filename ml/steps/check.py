@@ -160,7 +160,7 @@ def performance(run: StepRun) -> PerformanceResult:
     label-free estimate on the whole current window."""
     from ml.data import encode_target, labelled, model_frame
     from ml.decision import assess_performance
-    from ml.estimate import calibration_from_tags, estimate_metric
+    from ml.estimate import calibration_from_tags, calibration_test, estimate_metric
     from ml.metrics import score
 
     config = run.config
@@ -170,7 +170,7 @@ def performance(run: StepRun) -> PerformanceResult:
     tags = (run.champion.tags or {}) if run.champion is not None else {}
     rows = labelled(current, config) if current is not None else None
     n_labelled = 0 if rows is None else len(rows)
-    on_reference = on_current = estimated = None
+    on_reference = on_current = estimated = follows = None
     calibration = calibration_from_tags(tags)
     if model is not None:
         recorded = tags.get(f"ct.metric.{metric}")
@@ -186,10 +186,14 @@ def performance(run: StepRun) -> PerformanceResult:
             estimated = estimate_metric(metric, proba, calibration, model.threshold)
         if n_labelled:
             y = encode_target(rows[config.target], config, model.classes)
-            on_current = score(metric, y, model.predict_proba(model_frame(rows, config)), model.threshold)
+            labelled_proba = model.predict_proba(model_frame(rows, config))
+            on_current = score(metric, y, labelled_proba, model.threshold)
+            follows = calibration_test(y, labelled_proba, calibration)
     return assess_performance(metric, run.state.champion_version, on_reference, on_current, n_labelled,
                               config.performance.min_labelled_rows, config.performance.max_decay,
-                              estimated=estimated, calibrated=calibration is not None)
+                              estimated=estimated, calibrated=calibration is not None, calibration=follows,
+                              max_calibration_gap=config.performance.max_calibration_gap,
+                              confidence=config.gates.confidence)
 
 
 def policy_inputs(run: StepRun, validation: Validation, trained_on_current: bool) -> PolicyInputs:

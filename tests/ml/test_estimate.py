@@ -62,3 +62,28 @@ def test_what_cannot_be_estimated_is_none():
     assert estimate_metric("average_precision", np.column_stack([np.ones(5) * 0.5] * 2), None) is None
     assert estimate_metric("roc_auc", np.empty((0, 2)), Calibration([0, 1], [0, 1])) is None
     assert fit_calibration(np.zeros(10, dtype=int), np.column_stack([np.ones(10) * 0.5] * 2)) is None
+
+
+def test_labels_that_stop_following_the_probabilities_are_caught_where_the_auc_is_not():
+    """A moved decision boundary (SEA's kind of concept change) keeps the ranking, so ROC AUC barely
+    moves, but the labels no longer follow the champion's probabilities."""
+    from ml.decision import assess_performance
+    from ml.estimate import calibration_test
+
+    rng = np.random.default_rng(5)
+    s = rng.uniform(0, 20, 6000)
+    p = 1 / (1 + np.exp(3 * (s - 8)))  # the champion: P(y=1) = P(s <= 8)
+    proba = np.column_stack([1 - p, p])
+    calibration = fit_calibration((rng.random(6000) < p).astype(int), proba)
+    same = (rng.random(6000) < p).astype(int)
+    moved = (rng.random(6000) < 1 / (1 + np.exp(3 * (s - 9.5)))).astype(int)  # boundary at 9.5
+    p_same, gap_same = calibration_test(same, proba, calibration)
+    p_moved, gap_moved = calibration_test(moved, proba, calibration)
+    assert p_same > 0.01 and gap_same < 0.03
+    assert p_moved < 1e-6 and gap_moved > 0.05
+    assert abs(score("roc_auc", moved, proba) - score("roc_auc", same, proba)) < 0.05
+    result = assess_performance("roc_auc", "1", 0.95, score("roc_auc", moved, proba), 6000, 100, 0.05,
+                                calibration=(p_moved, gap_moved))
+    assert result.decayed and result.miscalibrated and "no longer follow its probabilities" in result.detail
+    assert not assess_performance("roc_auc", "1", 0.95, 0.95, 6000, 100, 0.05,
+                                  calibration=(p_same, gap_same)).decayed

@@ -91,8 +91,9 @@ def test_the_run_history_debounces_drift_then_retrains(ct_home, tmp_path):
     from ml.pipeline import run_pipeline
     from tests.conftest import DATA, write_config
 
-    # drift alone decides here: on this window the champion's AUC also drops ~0.06, a decay trigger
-    config = load_config(write_config(tmp_path, policy={"k_of_n": [2, 2]}, performance={"max_decay": 0.5}))
+    # drift alone decides here: on this window the champion's AUC also drops ~0.06 and its calibration breaks
+    config = load_config(write_config(tmp_path, policy={"k_of_n": [2, 2]},
+                                      performance={"max_decay": 0.5, "max_calibration_gap": 1.0}))
     assert run_pipeline(config, "r1").status == "promoted"
     drifted = config.with_data(current=str(DATA / "current_covariate_drift.csv"))
     held = run_pipeline(drifted, "r2").to_dict()
