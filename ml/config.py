@@ -276,6 +276,13 @@ class DeployConfig(_Strict):
         return value
 
 
+class NotifyConfig(_Strict):
+    """Where a run's outcome is sent when it needs a human (README "Outcomes"): an Airflow connection whose
+    URI is an HTTP(S) endpoint (its password, if any, goes as a bearer token); none = the task log only."""
+
+    connection_id: str | None = None
+
+
 class ModelConfig(_Strict):
     name: str
     task: Literal["binary", "multiclass"] = "binary"
@@ -290,6 +297,7 @@ class ModelConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     #: Where the config was read from (not a YAML key); relative data paths resolve against it.

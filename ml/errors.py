@@ -56,6 +56,11 @@ class GatesFailed(GateError):
     """At least one gate failed: the challenger is rejected (not registered)."""
 
 
+class ChallengerRejected(GatesFailed):
+    """The challenger was rejected while the champion is healthy: the champion stays. The run stops here
+    (nothing is registered), but it decided correctly: Airflow skips the rest instead of failing."""
+
+
 class StepFailed(CTError):
     """A step raised an error that is not one of the project's own (a bug, an unreachable server); it is
     rebuilt under this type, with the original type in the message, wherever the failure is read back."""

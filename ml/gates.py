@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ml.errors import GatesFailed
+from ml.errors import ChallengerRejected, GatesFailed
 from ml.metrics import HIGHER_IS_BETTER, predict_labels, score
 from ml.result import Result
 
@@ -66,6 +66,8 @@ class GateReport(Result):
 
     gates: dict[str, GateResult]
     champion_version: str | None = None
+    #: the champion had decayed (the performance step): rejecting the challenger leaves a decayed model serving
+    champion_decayed: bool = False
 
     @property
     def passed(self) -> bool:
@@ -78,11 +80,21 @@ class GateReport(Result):
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "failed": self.failed, **super().to_dict()}
 
+    @property
+    def champion_kept(self) -> bool:
+        """Rejected, with a healthy champion serving on: a correct outcome, not a failure."""
+        return not self.passed and self.champion_version is not None and not self.champion_decayed
+
     def stop_error(self) -> GatesFailed | None:
         if self.passed:
             return None
         details = "; ".join(f"{name}: {self.gates[name].detail}" for name in self.failed)
-        return GatesFailed(f"challenger rejected, gate(s) failed: {', '.join(self.failed)} ({details})")
+        message = f"challenger rejected, gate(s) failed: {', '.join(self.failed)} ({details})"
+        if self.champion_kept:
+            return ChallengerRejected(f"{message}; champion v{self.champion_version} is healthy and stays")
+        if self.champion_version is not None:
+            message += f"; champion v{self.champion_version} has decayed and no acceptable challenger replaces it"
+        return GatesFailed(message)
 
 
 def _finite(x: float | None) -> float | None:
@@ -287,4 +299,4 @@ def evaluate_gates(config: ModelConfig, *, y: np.ndarray, challenger_proba: np.n
     results["onnx_parity"] = parity_gate(sklearn_proba, challenger_proba, g.parity_tolerance)
     results["latency"] = latency_gate(latency_p99_ms, g.max_latency_ms)
     results["size"] = size_gate(size_bytes, g.max_size_mb)
-    return GateReport(results, champion_version=champion_version)
+    return GateReport(results, champion_version=champion_version, champion_decayed=champion_decayed)

@@ -7,13 +7,18 @@ writes it: to the MLflow run (artifact `run_record.json`, tags, run status) and 
 status: promoted | skipped | blocked (data contract) | rejected (a gate failed)
         | rolled_back (deploy failed, previous version restored) | failed (a step errored)
         | deployed (`python -m ml deploy --version`: serving, champion unchanged)
+
+Outcomes: a run that decided correctly succeeds (promoted, skipped, deployed, and a challenger rejected
+while a healthy champion serves on); blocked data, a decayed champion with no acceptable challenger, a
+rolled-back deploy and a failed step fail. `notify` says what needs a human: every failure, and a decay
+estimated without labels or left unanswered by the retrain budget.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,20 +72,36 @@ class RunRecord(Result):
     champion_version: str | None
     deployment: dict[str, Any]
     errors: dict[str, str]
+    #: a challenger was rejected while a healthy champion serves on (a correct outcome)
+    champion_kept: bool = False
+    #: what needs a human, or None (README "Outcomes")
+    notify: str | None = None
 
     def failure(self) -> str | None:
-        """Why the run counts as failed (None when it succeeded: promoted, skipped or deployed)."""
-        if self.status not in FAILED_STATUSES:
+        """Why the run counts as failed (None when it decided correctly: see the module docstring)."""
+        if self.status not in FAILED_STATUSES or self.champion_kept:
             return None
         if self.status == "blocked":
             return f"run blocked: {self.reason}"
         if self.status == "rejected":
-            return f"challenger rejected by gate(s) {', '.join(self.failed_gates)}; champion unchanged"
+            return (f"challenger rejected by gate(s) {', '.join(self.failed_gates)} and champion "
+                    f"v{self.champion_version} has decayed: no acceptable challenger" if self.champion_version
+                    else f"challenger rejected by gate(s) {', '.join(self.failed_gates)}; there is no champion")
         if self.status == "rolled_back":
             return f"deploy failed and was rolled back: {self.deployment['detail']}"
         if self.errors:
             return "run failed: " + "; ".join(f"{k}: {v}" for k, v in self.errors.items())
         return "run failed"
+
+
+def _notify(decision: Decision | None, failure: str | None) -> str | None:
+    if failure is not None:
+        return failure
+    if decision is not None and decision.rule == "estimated_decay":
+        return decision.reason
+    if decision is not None and decision.rule == "budget" and "not acted on" in decision.reason:
+        return decision.reason
+    return None
 
 
 def run_status(state: RunState) -> Status:
@@ -143,7 +164,7 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
     else:  # a check step failed before the decision
         verdict, reason = "blocked", None if validation is not None else "validation did not run"
     promoted = promotion is not None and promotion.promoted
-    return RunRecord(
+    record = RunRecord(
         model=model, run_id=run_id, run_key=state.run_key,
         dag_id=validation.dag_id if validation else None, dag_run_id=validation.dag_run_id if validation else None,
         started_at=validation.started_at if validation else None,
@@ -172,7 +193,9 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
                     "rolled_back": bool(deployed and deployed.rolled_back),
                     **_section(deployed, ("url", "detail"))},
         errors=errors,
+        champion_kept=bool(report and report.champion_kept),
     )
+    return replace(record, notify=_notify(decision, record.failure()))
 
 
 def finish_run(ctx: RunContext) -> RunRecord:

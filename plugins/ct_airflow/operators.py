@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 from airflow.sdk import BaseBranchOperator, BaseOperator, TriggerRule
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -30,9 +30,12 @@ RUN_FIELDS = ("config_path", "reference_path", "current_path", "run_key")
 
 
 def fail_task(exc: BaseException) -> NoReturn:
-    """Raise `exc` the way Airflow should see it: a non-retryable project error fails the task for good."""
-    from ml.errors import CTError
+    """Raise `exc` the way Airflow should see it: a non-retryable project error fails the task for good; a
+    challenger rejected while a healthy champion serves on skips the rest of the run (a correct outcome)."""
+    from ml.errors import ChallengerRejected, CTError
 
+    if isinstance(exc, ChallengerRejected):
+        raise AirflowSkipException(str(exc)) from exc
     if isinstance(exc, CTError) and not exc.retryable:
         raise AirflowFailException(str(exc)) from exc
     raise exc
@@ -241,14 +244,29 @@ class RunRecordOperator(PipelineOperator):
         from ml.record import finish_run
 
         try:
-            record = finish_run(self.run_context())
+            ctx = self.run_context()
+            record = finish_run(ctx)
         except Exception as exc:
             fail_task(exc)
         document = record.to_dict()
         self.log.info("run record:\n%s", json.dumps(document, indent=2, default=str))
+        if record.notify:
+            self._notify(ctx.config.notify.connection_id, document, context)
         message = record.failure()
         if message:
             # The record is the XCom of a successful task only; keep it reachable when failing.
             context["ti"].xcom_push(key="run_record", value=document)
             raise AirflowFailException(message)
         return document
+
+    def _notify(self, connection_id: str | None, document: dict[str, Any], context: Context) -> None:
+        """Send the outcome (notify.connection_id); a notification that fails is logged, never the run's cause."""
+        from ct_airflow.notify import RunRecordNotifier
+
+        if not connection_id:
+            self.log.warning("needs a human (set notify.connection_id to send it): %s", document["notify"])
+            return
+        try:
+            RunRecordNotifier(connection_id=connection_id, record=document).notify(context)
+        except Exception:
+            self.log.exception("could not notify %s", connection_id)

@@ -139,18 +139,20 @@ def test_concept_drift_retrains_because_of_performance_decay(env):
     assert registry() == (["1", "2", "3", "4"], "4")
 
 
-def test_worse_challenger_is_rejected_and_champion_stays(env, tmp_path):
-    weak = write_config(tmp_path, model={"estimator": "random_forest",
-                                         "params": {"n_estimators": 2, "max_depth": 1}},
-                        deploy={"port": env["port"]})
+WEAK = {"estimator": "random_forest", "params": {"n_estimators": 2, "max_depth": 1}}
+
+
+def test_worse_challenger_is_rejected_champion_stays_and_the_run_is_green(env, tmp_path):
+    """The champion is healthy on this window: rejecting a worse challenger is the right decision."""
+    weak = write_config(tmp_path, model=WEAK, deploy={"port": env["port"]})
     record = run({**env, "config": str(weak)}, "current_concept_drift.csv", force_retrain=True)
-    assert record["_state"] == "failed"
-    assert record["status"] == "rejected"
+    assert record["_state"] == "success", record["errors"]
+    assert record["status"] == "rejected" and record["champion_kept"] is True and record["notify"] is None
     assert "challenger_vs_champion" in record["failed_gates"]
-    assert not record["gates"]["challenger_vs_champion"]["passed"]
+    assert record["gates"]["challenger_vs_champion"]["outcome"] == "worse"
     assert record["challenger_version"] is None and not record["promoted"]
-    assert record["_tasks"]["retrain.gates"] == "failed"
-    assert record["_tasks"]["retrain.register"] == "upstream_failed"
+    assert record["_tasks"]["retrain.gates"] == "skipped"  # stopped without failing: it says why
+    assert record["_tasks"]["retrain.register"] == "skipped" and record["_tasks"]["run_record"] == "success"
     assert registry() == (["1", "2", "3", "4"], "4")
     assert served_version(env) == "4"
 
@@ -190,3 +192,42 @@ def test_rollback_is_one_action(env):
     assert result["move"]["kind"] == "rollback" and "rollback of v4: test" in result["move"]["reason"]
     assert registry() == (["1", "2", "3", "4"], "3")
     assert served_version(env) == "3"
+
+
+def test_a_decayed_champion_with_no_acceptable_challenger_fails_and_notifies(env, tmp_path, monkeypatch):
+    """After the rollback v3 serves again; on the concept-drift window it has decayed, and the only
+    challenger on offer is a worse one: the run fails and the outcome is posted to the alert webhook."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                             "body": json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_CT_ALERTS", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": server.server_port, "schema": "alerts",
+         "password": "alert-token"}))
+    weak = write_config(tmp_path, model=WEAK, deploy={"port": env["port"]}, notify={"connection_id": "ct_alerts"})
+    try:
+        record = run({**env, "config": str(weak)}, "current_concept_drift.csv")
+    finally:
+        server.shutdown()
+    assert record["performance"]["decayed"] is True and record["triggers"] == ["performance_decay"]
+    assert record["_state"] == "failed" and record["status"] == "rejected" and record["champion_kept"] is False
+    assert "champion v3 has decayed: no acceptable challenger" in record["notify"]
+    assert record["_tasks"]["retrain.gates"] == "failed"
+    (alert,) = received
+    assert alert["path"] == "/alerts" and alert["auth"] == "Bearer alert-token"
+    assert alert["body"]["status"] == "rejected" and alert["body"]["rule"] == "performance_decay"
+    assert alert["body"]["notify"] == record["notify"]
+    assert registry() == (["1", "2", "3", "4"], "3")

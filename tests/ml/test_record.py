@@ -91,7 +91,7 @@ def test_a_promoted_record_carries_every_section():
                         "data", "contract", "drift", "performance", "decision", "reason", "triggers", "rule",
                         "decision_inputs", "training",
                         "gates", "failed_gates", "challenger_version", "promoted", "champion_version", "deployment",
-                        "errors"}
+                        "errors", "champion_kept", "notify"}
 
 
 def test_a_skipped_drift_reads_as_not_measured():
@@ -101,3 +101,23 @@ def test_a_skipped_drift_reads_as_not_measured():
     record = build_record(state(*through(Step.DECIDE, drift=skipped, decide=Decision("skip", "nothing"))),
                           model="m", run_id="r")
     assert record.drift["dataset_drift"] is None and record.drift["skipped"] == "no current window configured"
+
+
+def test_outcomes_green_red_and_what_notifies():
+    healthy = dataclasses.replace(REJECTED, champion_decayed=False)
+    kept = build_record(state(*through(Step.GATES, gates=healthy)), model="m", run_id="r")
+    assert kept.status == "rejected" and kept.champion_kept and kept.failure() is None and kept.notify is None
+    decayed = build_record(state(*through(Step.GATES, gates=dataclasses.replace(REJECTED, champion_decayed=True))),
+                           model="m", run_id="r")
+    assert not decayed.champion_kept and "has decayed: no acceptable challenger" in decayed.failure()
+    assert decayed.notify == decayed.failure()
+    no_champion = dataclasses.replace(EXAMPLES[Step.PERFORMANCE], champion_version=None)
+    bootstrap = build_record(state(*through(Step.GATES, gates=dataclasses.replace(REJECTED, champion_version=None),
+                                            performance=no_champion)), model="m", run_id="r")
+    assert "there is no champion" in bootstrap.failure()
+    waiting = Decision("skip", "decay estimated without labels: ...; waiting for labels", rule="estimated_decay")
+    green = build_record(state(*through(Step.DECIDE, decide=waiting)), model="m", run_id="r")
+    assert green.status == "skipped" and green.failure() is None and "waiting for labels" in green.notify
+    rolled = build_record(state(*through(Step.DEPLOY, deploy=ROLLED_BACK)), model="m", run_id="r")
+    assert rolled.failure().startswith("deploy failed and was rolled back") and rolled.notify == rolled.failure()
+    assert build_record(state(*through(Step.PROMOTE)), model="m", run_id="r").notify is None
