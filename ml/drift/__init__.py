@@ -139,9 +139,8 @@ def _column(config: ModelConfig, name: str, reference: ColumnProfile, current: C
 
 def _same_values(reference: ColumnProfile, current: ColumnProfile) -> bool:
     """Constant in both windows, at the same value: nothing to compare."""
-    import numpy as np
-
-    return max(reference.n_unique, current.n_unique) < 2 and len(np.union1d(reference.points, current.points)) < 2
+    return (max(reference.n_unique, current.n_unique) < 2 and len(reference.points) == len(current.points) == 1
+            and reference.points[0] == current.points[0])
 
 
 def _decide_fdr(config: ModelConfig, features: dict[str, FeatureDrift]) -> dict[str, FeatureDrift]:

@@ -12,17 +12,27 @@ if TYPE_CHECKING:
     from ml.drift.profile import ColumnProfile
 
 
+def union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of two sorted arrays (a stable sort of two sorted runs is one merge)."""
+    merged = np.sort(np.concatenate([a, b]), kind="stable")
+    return merged[np.concatenate([[True], merged[1:] != merged[:-1]])] if len(merged) else merged
+
+
 def cdf_difference(reference: ColumnProfile, current: ColumnProfile) -> tuple[np.ndarray, np.ndarray]:
     """(grid, F_ref - F_cur) at every point either profile holds. Both CDFs are right-continuous step
     functions that only jump at those points, so the grid carries their whole difference."""
-    grid = np.union1d(reference.points, current.points)
+    grid = union(reference.points, current.points)
     return grid, reference.cdf_at(grid) - current.cdf_at(grid)
 
 
 def ks_statistic(reference: ColumnProfile, current: ColumnProfile) -> float:
-    """sup |F_ref - F_cur| (scipy.stats.ks_2samp's statistic)."""
-    _, diff = cdf_difference(reference, current)
-    return float(np.abs(diff).max()) if len(diff) else 0.0
+    """sup |F_ref - F_cur| (scipy.stats.ks_2samp's statistic): the difference of two right-continuous step
+    functions is constant between jumps, so its largest value is at one of either window's points."""
+    if not len(reference.points) or not len(current.points):
+        return 0.0
+    at_reference = np.abs(reference.cdf - current.cdf_at(reference.points)).max()
+    at_current = np.abs(reference.cdf_at(current.points) - current.cdf).max()
+    return float(max(at_reference, at_current))
 
 
 def wasserstein(reference: ColumnProfile, current: ColumnProfile) -> float:
@@ -33,8 +43,10 @@ def wasserstein(reference: ColumnProfile, current: ColumnProfile) -> float:
 
 def union_unique(reference: ColumnProfile, current: ColumnProfile) -> int:
     """Distinct values over both windows (exact where the profiles are; else more than any threshold)."""
-    if reference.kind == "categorical" or (reference.exact and current.exact):
+    if reference.kind == "categorical":
         return len(np.union1d(reference.points, current.points))
+    if reference.exact and current.exact:
+        return len(union(reference.points, current.points))
     return max(reference.n_unique, current.n_unique)
 
 
