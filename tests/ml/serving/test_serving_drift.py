@@ -57,12 +57,12 @@ def test_logged_traffic_drives_the_drift_step(trained, start_server, tmp_path, m
     validated = step("validate-data")  # the data contract holds for the served traffic too
     assert validated.returncode == 0, validated.stderr
     snapshot = json.loads(validated.stdout)["current_snapshot"]
-    assert snapshot == "windows/current.jsonl"
+    assert snapshot == "windows/current.parquet"
     # The log is live; validate froze the rows it checked into the run, and later steps read those:
     # even with the log gone, the drift step sees the same 400 rows.
     shutil.move(log_dir, tmp_path / "log-moved")
     # A step on another machine (pod, Databricks job) has no local copy: it fetches the run's artifact.
-    local_copies = list((tmp_path / "ct" / "runs").rglob("current.jsonl"))
+    local_copies = list((tmp_path / "ct" / "runs").rglob("current.parquet"))
     assert len(local_copies) == 1
     local_copies[0].unlink()
     out = step("drift", "--out", str(tmp_path / "report"))
