@@ -16,6 +16,7 @@ their own through the same step machinery: a decision (the operator's), deploy, 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -54,12 +55,16 @@ def run_step(step: Step | str, ctx: RunContext, *, state: RunState | None = None
         raise StateError(f"run {ctx.run_key!r} has no attempt to join: start it with `validate-data` (same "
                          f"--run-key), or run the whole pipeline with `python -m ml run`")
     log.info("step %s (run %s)", step, ctx.run_key)
+    start = time.perf_counter()
     try:
         result = STEP_FUNCTIONS[step](StepRun(ctx, state), **kwargs)
     except Exception as exc:
-        _store(ctx, StepRecord(step, attempt, error=StepError.of(exc), opens_attempt=opens))
+        _store(ctx, StepRecord(step, attempt, error=StepError.of(exc), opens_attempt=opens,
+                               seconds=round(time.perf_counter() - start, 3)))
         raise
-    record = StepRecord(step, attempt, result=result, opens_attempt=opens)
+    record = StepRecord(step, attempt, result=result, opens_attempt=opens,
+                        seconds=round(time.perf_counter() - start, 3))
+    log.info("step %s done in %.2f s", step, record.seconds)
     _store(ctx, record)
     error = step_error(record)
     if error is not None:

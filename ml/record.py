@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -76,6 +76,8 @@ class RunRecord(Result):
     champion_kept: bool = False
     #: what needs a human, or None (README "Outcomes")
     notify: str | None = None
+    #: seconds each step of the attempt took (the step function, not the process around it)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def failure(self) -> str | None:
         """Why the run counts as failed (None when it decided correctly: see the module docstring)."""
@@ -194,6 +196,8 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
                     **_section(deployed, ("url", "detail"))},
         errors=errors,
         champion_kept=bool(report and report.champion_kept),
+        timings={str(step): record.seconds for step in Step
+                 if (record := state.record(step)) is not None and record.seconds is not None},
     )
     return replace(record, notify=_notify(decision, record.failure()))
 

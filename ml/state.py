@@ -127,6 +127,8 @@ class StepRecord:
     finished_at: str = field(default_factory=now)
     #: True for the record that opened `attempt` (validate; a deploy run outside the pipeline)
     opens_attempt: bool = False
+    #: wall time of the step function, seconds
+    seconds: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -134,7 +136,7 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step.value, "attempt": self.attempt, "status": "failed" if self.failed else "completed",
-                "opens_attempt": self.opens_attempt, "finished_at": self.finished_at,
+                "opens_attempt": self.opens_attempt, "finished_at": self.finished_at, "seconds": self.seconds,
                 "result": self.result.to_dict() if self.result is not None else None,
                 "error": self.error.to_dict() if self.error is not None else None}
 
@@ -144,7 +146,7 @@ class StepRecord:
         result = data.get("result")
         error = data.get("error")
         return cls(step=step, attempt=data.get("attempt"), finished_at=data.get("finished_at") or "",
-                   opens_attempt=bool(data.get("opens_attempt")),
+                   opens_attempt=bool(data.get("opens_attempt")), seconds=data.get("seconds"),
                    result=RESULT_TYPES[step].from_dict(result) if result is not None else None,
                    error=StepError.from_dict(error) if error is not None else None)
 

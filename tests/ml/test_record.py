@@ -91,7 +91,7 @@ def test_a_promoted_record_carries_every_section():
                         "data", "contract", "drift", "performance", "decision", "reason", "triggers", "rule",
                         "decision_inputs", "training",
                         "gates", "failed_gates", "challenger_version", "promoted", "champion_version", "deployment",
-                        "errors", "champion_kept", "notify"}
+                        "errors", "champion_kept", "notify", "timings"}
 
 
 def test_a_skipped_drift_reads_as_not_measured():
