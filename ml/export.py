@@ -43,8 +43,9 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str]) -> bytes:
     if type(classifier).__module__.startswith("lightgbm."):
         opset = _register_lightgbm_converter()
     try:
+        # name: the graph is named after the model, not a random uuid, so the same fit gives the same bytes
         model = convert_sklearn(pipeline, initial_types=inputs, options={id(classifier): {"zipmap": False}},
-                                target_opset=opset)
+                                target_opset=opset, name=config.name)
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError for unsupported ops
         raise TrainingError(f"ONNX export of {config.model.estimator} failed: {type(exc).__name__}: {exc}") from None
     # skl2onnx renames inputs that are not identifiers ("m00 score" -> "m00_score"): keep the mapping.

@@ -7,12 +7,14 @@ How it chooses (README "How auto chooses"):
 2. Each candidate is scored by stratified k-fold cross-validation (`model.search.cv_folds`, shuffled with
    `training.seed`) of `performance.metric` on the training rows (a stratified sample of at most
    `model.search.max_rows`), fitted with the training weights. No candidate starts once
-   `model.search.budget_s` seconds are spent: the rest are recorded as skipped.
+   `model.search.budget_s` seconds are spent (the first always runs): the rest are recorded as skipped.
+   Before its folds, a tree ensemble is bounded (ml.estimators) and estimated from a tenth of its trees
+   fitted on all training rows and exported (ml.train.early_estimate): one whose projected ONNX size or
+   latency fails its gate is excluded, neither cross-validated nor trained to the end.
 3. In order of mean CV score (ties: candidate order), candidates are refitted on all training rows
    until one passes the serving gates the gates step will apply (ONNX conversion, `gates.parity_tolerance`
-   on the holdout, `gates.max_latency_ms`, `gates.max_size_mb`). A tree ensemble is first estimated from a
-   tenth of its trees (ml.train.early_estimate): one projected to fail is not trained to the end. The first
-   that passes is chosen; the others that were tried are excluded with the reason.
+   on the holdout, `gates.max_latency_ms`, `gates.max_size_mb`). The first that passes is chosen; those
+   tried before it are excluded with the reason.
 
 Everything is seeded (folds, sample, estimators), so the same data gives the same choice unless the
 budget cuts the search at a different candidate on a slower or busier machine (the record says so).
@@ -57,8 +59,8 @@ class CandidateResult(Result):
     params: dict[str, Any] = field(default_factory=dict)  # as fitted on all training rows (bounds applied)
     cv_score: float | None = None  # mean over folds
     cv_std: float | None = None
-    cv_seconds: float | None = None  # fitting and scoring every fold
-    refit_seconds: float | None = None  # the early estimate, the fit on all rows and the export checks
+    cv_seconds: float | None = None  # the early estimate, fitting and scoring every fold
+    refit_seconds: float | None = None  # the fit on all training rows and the export checks
     onnx_mb: float | None = None
     latency_p99_ms: float | None = None
     parity: float | None = None
@@ -130,7 +132,7 @@ def _score(config: ModelConfig, candidate: CandidateResult, data: TrainingData, 
     import numpy as np
 
     from ml.estimators import SizeBudgetError
-    from ml.train import bounded_params
+    from ml.train import bounded_params, early_estimate
 
     started = time.monotonic()
     try:
@@ -139,6 +141,9 @@ def _score(config: ModelConfig, candidate: CandidateResult, data: TrainingData, 
     except SizeBudgetError as exc:  # cannot fit the size gate whatever it learns: not worth a fold
         return dataclasses.replace(candidate, status="excluded", reason=f"size gate: {exc}")
     try:
+        problem = early_estimate(config, candidate.estimator, candidate.setting, data)
+        if problem:  # would break the size or latency gate: neither cross-validated nor trained to the end
+            return dataclasses.replace(candidate, status="excluded", reason=problem, params=params)
         scores = cross_validate(config, candidate.estimator, candidate.setting, cv, len(data.classes))
     except TrainingError as exc:
         return dataclasses.replace(candidate, status="failed", reason=str(exc), params=params)
@@ -152,11 +157,8 @@ def _score(config: ModelConfig, candidate: CandidateResult, data: TrainingData, 
 def _serve(config: ModelConfig, candidate: CandidateResult, data: TrainingData,
            window: str) -> tuple[Challenger, dict[str, GateResult]]:
     """The candidate refitted on all training rows, exported and checked; TrainingError saying why not."""
-    from ml.train import early_estimate, export_checked, fit_pipeline, scored_challenger
+    from ml.train import export_checked, fit_pipeline, scored_challenger
 
-    problem = early_estimate(config, candidate.estimator, candidate.setting, data)
-    if problem:
-        raise TrainingError(problem)
     pipeline, params = fit_pipeline(config, candidate.estimator, candidate.setting, data.x_train, data.y_train,
                                     data.weights, len(data.classes))
     return export_checked(config, scored_challenger(config, pipeline, data, candidate.estimator, params, window))
@@ -199,7 +201,7 @@ def search_challenger(config: ModelConfig, data: TrainingData, window: str) -> C
     for estimator, number, setting in space:
         candidate = CandidateResult(name=f"{estimator}_{number}", estimator=estimator, setting=setting,
                                     status="skipped", reason=f"search budget of {spec.budget_s:g} s spent")
-        if time.monotonic() - started < spec.budget_s:
+        if not candidates or time.monotonic() - started < spec.budget_s:  # the first one always runs
             candidate = _score(config, dataclasses.replace(candidate, reason=None), data, cv)
             log.info("auto: %s %s cv %s=%s (%s s)%s", candidate.name, setting, config.performance.metric,
                      candidate.cv_score, candidate.cv_seconds, f" {candidate.status}: {candidate.reason}"

@@ -363,4 +363,4 @@ def fit_best_challenger(config: ModelConfig, reference: pd.DataFrame, current: p
     best = max(eligible, key=lambda c: -math.inf if math.isnan(c.metrics[metric]) else sign * c.metrics[metric])
     scores = {c.window: c.metrics[metric] for c in fitted}
     log.info("training windows by holdout %s: %s -> keeping '%s'", metric, scores, best.window)
-    return dataclasses.replace(best, candidates=scores)
+    return dataclasses.replace(best, candidates=scores, search=first.search)
