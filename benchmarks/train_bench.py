@@ -94,7 +94,8 @@ def run_case(config_path: Path, home: Path) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| training rows | model | train step (s) | peak RSS (MB) | ONNX (MB) | size gate | ROC AUC | auto chose |",
+    lines = ["| training rows | model | train step (s) | peak RSS (MB) | ONNX (MB) | size gate | ROC AUC "
+             "| auto chose |",
              "| ---: | --- | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in results:
         if "error" in r:
@@ -103,7 +104,7 @@ def table(results: list[dict[str, Any]]) -> str:
             continue
         chosen = f"{r['chosen']} (search {r['search_s']:.0f} s)" if r["chosen"] else ""
         lines.append(f"| {r['rows']:,} | {r['model']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['onnx_mb']:.2f} | {'pass' if r['size_gate'] else 'FAIL'} | {r['roc_auc']:.4f} | {chosen} |")
+                     f"{r['onnx_mb']:.3f} | {'pass' if r['size_gate'] else 'FAIL'} | {r['roc_auc']:.4f} | {chosen} |")
     return "\n".join(lines)
 
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ml.datasets.attrition import generate
 
-    results = []
+    results, load = [], os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ct-train-bench-") as tmp:
         for rows in args.rows:
             data = Path(tmp) / f"reference-{rows}.parquet"
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{rows} {name}: {result['seconds']:.1f} s", file=sys.stderr, flush=True)
                 results.append(result)
     print(table(results))
-    args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2, default=str))
+    print(f"\nload average before / after: {load[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    args.json.write_text(json.dumps({"machine": machine(), "load_before": load, "results": results}, indent=2,
+                                    default=str))
     return 0
 
 
