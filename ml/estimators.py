@@ -92,12 +92,12 @@ def _entry(name: str) -> _Entry:
 def search_space(names: list[str] | None = None) -> list[tuple[str, int, dict[str, Any]]]:
     """(estimator, 1-based setting number, params) of every grid setting, round-robin over estimators in
     registration order (cheapest first), so a search cut short by its budget still tried each one once."""
-    if names is not None:
-        for name in names:
-            if not _entry(name).grid:
-                raise ConfigError(f"model.search.estimators: '{name}' has no search grid; searchable: "
-                                  f"{[n for n, e in _REGISTRY.items() if e.grid]}")
-    chosen = names if names is not None else [n for n, e in _REGISTRY.items() if e.grid]
+    searchable = [n for n, e in _REGISTRY.items() if e.grid]
+    for name in names or []:
+        if name not in searchable:
+            known = "has no search grid" if name in _REGISTRY else "is not a registered estimator"
+            raise ConfigError(f"model.search.estimators: '{name}' {known}; searchable: {searchable}")
+    chosen = names if names is not None else searchable
     depth = max((len(_REGISTRY[n].grid) for n in chosen), default=0)
     return [(name, i + 1, dict(_REGISTRY[name].grid[i])) for i in range(depth) for name in chosen
             if i < len(_REGISTRY[name].grid)]

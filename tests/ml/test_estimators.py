@@ -27,7 +27,8 @@ def test_search_space_is_round_robin_over_estimators_cheapest_first():
     assert names[3:6] == ["logistic_regression_2", "random_forest_2", "lightgbm_2"]
     assert [n for n, _, _ in search_space(["lightgbm", "logistic_regression"])] == \
         ["lightgbm", "logistic_regression", "lightgbm", "logistic_regression"]
-    with pytest.raises(ConfigError, match="unknown estimator 'xgboost'; available: \\['auto'"):
+    with pytest.raises(ConfigError, match="model.search.estimators: 'xgboost' is not a registered estimator; "
+                                          "searchable: \\['logistic_regression', 'random_forest', 'lightgbm'\\]"):
         search_space(["xgboost"])
 
 

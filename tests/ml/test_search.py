@@ -247,3 +247,28 @@ def test_the_search_report_round_trips_through_the_train_result(windows):
     assert back == result and isinstance(back.search, SearchReport)
     assert all(isinstance(c, CandidateResult) for c in back.search.candidates)
     assert back.search.chosen_setting in ({"C": 1.0}, {"C": 0.1})
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ({"params": {"C": 1.0}}, "model: params are only for a named estimator \\(auto tries its own settings\\)"),
+    ({"estimator": "random_forest", "search": {"budget_s": 5}}, "model: search applies only to estimator auto"),
+    ({"search": {"budget_s": 0}}, "model.search.budget_s: Input should be greater than 0"),
+    ({"search": {"cv_folds": 1}}, "model.search.cv_folds: Input should be greater than or equal to 2"),
+    ({"search": {"estimators": []}}, "model.search.estimators: List should have at least 1 item"),
+    ({"search": {"budget": 5}}, "model.search.budget: unknown key"),
+])
+def test_search_config_is_validated(model, message):
+    from ml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config_dict(model=model))
+
+
+def test_search_defaults_and_unknown_estimators():
+    from ml.errors import ConfigError
+
+    spec = parse_config(config_dict()).model
+    assert (spec.estimator, spec.search.budget_s, spec.search.cv_folds, spec.search.max_rows,
+            spec.search.estimators) == ("auto", 120.0, 3, 10_000, None)
+    with pytest.raises(ConfigError, match="model.search.estimators: 'xgboost' is not a registered estimator"):
+        fit_challenger(search_config(["xgboost"]), nonlinear_frame(200, 1), None)
