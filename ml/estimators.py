@@ -139,18 +139,29 @@ def _min_leaf_rows(params: dict[str, Any], rows: int, key: str) -> int:
     return max(1, math.ceil(value * rows) if isinstance(value, float) else int(value))
 
 
+def _distinct_rows(params: dict[str, Any], rows: int) -> float:
+    """The distinct rows a forest's tree grows on: a bootstrap of m draws from n rows holds about
+    n * (1 - exp(-m / n)) of them (63% for m = n), and a leaf needs min_samples_leaf distinct rows."""
+    if not params.get("bootstrap", True):
+        return rows
+    draws = params.get("max_samples")
+    draws = rows if draws is None else draws * rows if isinstance(draws, float) else min(int(draws), rows)
+    return rows * (1 - math.exp(-draws / rows)) if rows else 0.0
+
+
 def _forest_bound(params: dict[str, Any], context: FitContext) -> dict[str, Any]:
     limits: dict[str, Any] = {}
-    tree_rows = context.rows
-    if params.get("bootstrap", True) and context.rows > MAX_TREE_ROWS:
-        limits["max_samples"] = tree_rows = MAX_TREE_ROWS
+    if params.get("bootstrap", True) and params.get("max_samples") is None and context.rows > MAX_TREE_ROWS:
+        limits["max_samples"] = MAX_TREE_ROWS
+    distinct = _distinct_rows({**params, **limits}, context.rows)
     trees = int(params["n_estimators"])
     leaves = _leaves_within(context.max_onnx_bytes, trees, onnx_bytes_per_node(context.classes))
     if leaves < MIN_FOREST_LEAVES:
         needed = trees * (2 * MIN_FOREST_LEAVES - 1) * onnx_bytes_per_node(context.classes) / 1e6
         raise SizeBudgetError(f"{trees} trees of at least {MIN_FOREST_LEAVES} leaves need about {needed:.2f} MB "
                               f"of ONNX, more than the {context.max_onnx_bytes / 1e6:.2f} MB trees may use")
-    if tree_rows // _min_leaf_rows(params, tree_rows, "min_samples_leaf") > leaves:  # else it cannot bind
+    # Only where a tree could outgrow it: a cap that cannot bind would still change how trees grow (best first)
+    if distinct / _min_leaf_rows(params, round(distinct), "min_samples_leaf") > leaves:
         limits["max_leaf_nodes"] = leaves
     return limits
 

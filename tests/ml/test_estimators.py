@@ -48,6 +48,10 @@ def test_bounds_leave_small_data_and_the_users_keys_alone():
     # 3,000 rows / min_samples_leaf 5 = 600 leaves at most: the 1,600-leaf cap cannot bind, so it is not set
     assert "max_leaf_nodes" not in small and "max_samples" not in small
     assert small == {"n_estimators": 40, "min_samples_leaf": 5, "class_weight": "balanced_subsample", "n_jobs": -1}
+    # the default forest (200 trees, 801 leaves at most): a bootstrap of n rows holds 63% of them, a leaf >= 5
+    edge = {n: effective_params("random_forest", {}, FitContext(rows=n, classes=2, max_onnx_bytes=BUDGET))
+            for n in (6_300, 6_400)}
+    assert "max_leaf_nodes" not in edge[6_300] and edge[6_400]["max_leaf_nodes"] == 801
     mine = effective_params("random_forest", {"max_leaf_nodes": None, "max_samples": 0.5},
                             FitContext(rows=170_000, classes=2, max_onnx_bytes=BUDGET))
     assert mine["max_leaf_nodes"] is None and mine["max_samples"] == 0.5
