@@ -16,6 +16,8 @@ RUN pip install --no-cache-dir "apache-airflow==3.3.2" \
         -r /tmp/ct-requirements/requirements.txt -c /tmp/ct-requirements/constraints.txt
 
 USER root
+# libgomp1: LightGBM's OpenMP runtime (the wheel links the system one; train_local runs in this image)
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 # Writable state only in volumes (mounted over these folders, which give the volumes their owner):
 # CT_HOME (run records, local deploy state) and the admin's password file.
 RUN rm -rf /tmp/ct-requirements \

@@ -20,7 +20,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY docker/requirements-ml.txt /tmp/requirements-ml.txt
 COPY constraints.txt /tmp/constraints.txt
-RUN pip install -r /tmp/requirements-ml.txt -c /tmp/constraints.txt \
+# libgomp1: LightGBM's OpenMP runtime (the wheel links the system one)
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/* \
+    && pip install -r /tmp/requirements-ml.txt -c /tmp/constraints.txt \
     && rm /tmp/requirements-ml.txt /tmp/constraints.txt \
     && groupadd --gid 10001 ct \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin ct

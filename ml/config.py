@@ -54,10 +54,32 @@ class ContractConfig(_Strict):
     columns: dict[str, ColumnRule] = Field(default_factory=dict)
 
 
+class ModelSearch(_Strict):
+    """`model.estimator: auto`: the candidate search (ml/search.py, README "How auto chooses")."""
+
+    #: No new candidate starts once this many seconds of cross-validation are spent.
+    budget_s: float = Field(default=120.0, gt=0.0)
+    cv_folds: int = Field(default=3, ge=2, le=10)
+    #: Cross-validation runs on a stratified sample of at most this many training rows.
+    max_rows: int = Field(default=10_000, ge=100)
+    #: Which registered estimators to try (their search grids); None = every one that has a grid.
+    estimators: list[str] | None = Field(default=None, min_length=1)
+
+
 class ModelSpec(_Strict):
-    estimator: str = "logistic_regression"
+    #: `auto` = the candidate search; or a registered estimator's name (ml/estimators.py)
+    estimator: str = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    search: ModelSearch = Field(default_factory=ModelSearch)
+
+    @model_validator(mode="after")
+    def _search_or_named(self) -> ModelSpec:
+        if self.estimator == "auto" and self.params:
+            raise ValueError("params are only for a named estimator (auto tries its own settings)")
+        if self.estimator != "auto" and "search" in self.model_fields_set:
+            raise ValueError(f"search applies only to estimator auto (got '{self.estimator}')")
+        return self
 
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

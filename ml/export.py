@@ -3,7 +3,10 @@
 `to_onnx` converts the fitted pipeline with skl2onnx (one [n, 1] input per feature, float32 for
 numerics and string for categoricals, ZipMap off so the output is a plain probability tensor) and
 stamps metadata props the server needs to validate requests without the config: feature lists,
-class labels, threshold, model name. `OnnxModel.load` verifies the sha256 and refuses external data.
+class labels, threshold, model name. LightGBM classifiers convert through onnxmltools' converter,
+registered with skl2onnx on first use. `OnnxModel.load` verifies the sha256 and refuses external data.
+`measure_export` converts and measures what the serving gates judge (size, single-row latency, the
+probabilities for parity), so training can refuse a model before the gates step would.
 Nothing here unpickles anything.
 """
 
@@ -13,6 +16,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +39,13 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str]) -> bytes:
     inputs = [(c, FloatTensorType([None, 1])) for c in config.features.numeric]
     inputs += [(c, StringTensorType([None, 1])) for c in config.features.categorical]
     classifier = pipeline.steps[-1][1]
+    opset = None
+    if type(classifier).__module__.startswith("lightgbm."):
+        opset = _register_lightgbm_converter()
     try:
-        model = convert_sklearn(pipeline, initial_types=inputs, options={id(classifier): {"zipmap": False}})
+        # name: the graph is named after the model, not a random uuid, so the same fit gives the same bytes
+        model = convert_sklearn(pipeline, initial_types=inputs, options={id(classifier): {"zipmap": False}},
+                                target_opset=opset, name=config.name)
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError for unsupported ops
         raise TrainingError(f"ONNX export of {config.model.estimator} failed: {type(exc).__name__}: {exc}") from None
     # skl2onnx renames inputs that are not identifiers ("m00 score" -> "m00_score"): keep the mapping.
@@ -59,6 +68,41 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str]) -> bytes:
         prop.key, prop.value = META_PREFIX + key, value
     model.producer_name = "ct-retraining"
     return model.SerializeToString()
+
+
+@cache
+def _register_lightgbm_converter() -> dict[str, int]:
+    """skl2onnx's documented way to convert a pipeline ending in LightGBM: onnxmltools' converter. Returns
+    the opsets to convert with: that converter writes TreeEnsembleClassifier of ai.onnx.ml version 3."""
+    from lightgbm import LGBMClassifier
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from skl2onnx import get_latest_tested_opset_version, update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+
+    update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes,
+                                convert_lightgbm, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
+    return {"": get_latest_tested_opset_version(), "ai.onnx.ml": 3}
+
+
+@dataclass(frozen=True)
+class ExportMeasure:
+    """A pipeline's ONNX file and what the serving gates will measure on it."""
+
+    onnx: bytes
+    onnx_proba: np.ndarray  # onnxruntime's probabilities on the rows measured
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.onnx)
+
+
+def measure_export(pipeline: Any, config: ModelConfig, classes: list[str], frame: pd.DataFrame) -> ExportMeasure:
+    """Convert `pipeline` and score `frame` (a model frame) with onnxruntime, as the gates step will."""
+    model = OnnxModel.from_bytes(data := to_onnx(pipeline, config, classes))
+    p50, p99 = model.single_row_latencies_ms(frame)
+    return ExportMeasure(onnx=data, onnx_proba=model.predict_proba(frame), latency_p50_ms=p50, latency_p99_ms=p99)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -138,6 +182,11 @@ class OnnxModel:
 
     def single_row_latency_ms(self, frame: pd.DataFrame, rounds: int = 200, quantile: float = 0.99) -> float:
         """A latency quantile of one-row predictions, in-process (the serving budget's floor)."""
+        return self.single_row_latencies_ms(frame, rounds, (quantile,))[0]
+
+    def single_row_latencies_ms(self, frame: pd.DataFrame, rounds: int = 200,
+                                quantiles: tuple[float, ...] = (0.5, 0.99)) -> list[float]:
+        """Latency quantiles of one-row predictions, in-process, from one series of timings."""
         import numpy as np
 
         rows = [frame.iloc[[i % len(frame)]] for i in range(min(rounds, 50))]
@@ -150,4 +199,4 @@ class OnnxModel:
             start = time.perf_counter()
             self.predict_proba_feed(feeds[i % len(feeds)])
             timings.append((time.perf_counter() - start) * 1000)
-        return float(np.quantile(timings, quantile))
+        return [float(q) for q in np.quantile(timings, quantiles)]

@@ -9,10 +9,17 @@ Window "current" leaves the reference rows out of training (concept drift: their
 old relationship). `fit_best_challenger` fits several windows and keeps the best on the shared
 holdout: a decayed metric alone cannot tell concept drift from a population shift whose P(y|x) is
 unchanged, so `training.window: auto` lets the holdout decide.
+
+`model.estimator: auto` searches candidates (ml.search) once, on the first window's training rows;
+the other windows are fitted with the chosen estimator and parameters and must pass the same export
+checks. Tree ensembles are bounded from the data (ml.estimators) and estimated early: a tenth of the
+trees is fitted on all training rows and exported, and a model whose projected ONNX size or latency
+would fail its gate is not trained to the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ml.data import class_labels, encode_target, labelled, model_frame
 from ml.errors import TrainingError
 from ml.result import Result
+from ml.search import SearchReport
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,6 +36,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ml.config import ModelConfig
+    from ml.export import ExportMeasure
+    from ml.gates import GateResult
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,8 @@ class Challenger:
     params: dict[str, Any] = field(default_factory=dict)
     window: str = "all"
     candidates: dict[str, float] = field(default_factory=dict)  # window -> holdout metric, when several
+    onnx: bytes | None = None  # already exported and checked (model.estimator auto)
+    search: SearchReport | None = None
 
     @property
     def holdout(self) -> Holdout:
@@ -80,6 +92,10 @@ class TrainResult(Result):
     classes: list[str]
     window: str = "all"
     candidates: dict[str, float] = field(default_factory=dict)
+    #: the estimator's parameters as fitted: its defaults, model.params, the bounds of ml.estimators
+    params: dict[str, Any] = field(default_factory=dict)
+    #: model.estimator auto: every candidate, its cross-validated score, time and fate
+    search: SearchReport | None = None
 
 
 #: The holdout the gates judge on and the deploy smoke-tests with, as the train step stores it in the run.
@@ -116,9 +132,17 @@ class Holdout:
                    sklearn_proba=table[proba].to_numpy())
 
 
-def build_pipeline(config: ModelConfig) -> Any:
+#: The share of gates.max_size_mb the bounds of ml.estimators give a tree ensemble: the file stays small
+#: and its conversion quick, and the exact size still has room above the estimate.
+TREE_SIZE_SHARE = 0.25
+#: Ensembles of at least this many trees are estimated early from a tenth of them.
+PROBE_MIN_TREES = 20
+_PROBE_ROWS = 200
+
+
+def build_pipeline(config: ModelConfig, estimator: str | None = None, params: dict[str, Any] | None = None) -> Any:
     """Unfitted Pipeline: median-impute (+ scale, for estimators that want it) numerics, one-hot
-    categoricals, then the estimator."""
+    categoricals, then the estimator (default: the config's, with model.params as given)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -126,17 +150,113 @@ def build_pipeline(config: ModelConfig) -> Any:
 
     from ml.estimators import build_estimator, wants_scaling
 
+    name = estimator or config.model.estimator
     steps = []
     if config.features.numeric:
         numeric_steps = [("impute", SimpleImputer(strategy="median"))]
-        if wants_scaling(config.model.estimator):
+        if wants_scaling(name):
             numeric_steps.append(("scale", StandardScaler()))
         numeric = Pipeline(numeric_steps)
         steps.append(("numeric", numeric, list(config.features.numeric)))
     if config.features.categorical:
         steps.append(("categorical", OneHotEncoder(handle_unknown="ignore"), list(config.features.categorical)))
-    estimator = build_estimator(config.model.estimator, config.model.params, config.training.seed)
-    return Pipeline([("features", ColumnTransformer(steps)), ("classifier", estimator)])
+    classifier = build_estimator(name, config.model.params if params is None else params, config.training.seed)
+    return Pipeline([("features", ColumnTransformer(steps)), ("classifier", classifier)])
+
+
+def with_estimator(config: ModelConfig, estimator: str, params: dict[str, Any]) -> ModelConfig:
+    """A copy of the config naming `estimator` and `params` (what auto chose), search settings dropped."""
+    from ml.config import ModelSpec
+
+    spec = ModelSpec(estimator=estimator, params=params, threshold=config.model.threshold)
+    return config.model_copy(update={"model": spec})
+
+
+def bounded_params(config: ModelConfig, estimator: str, params: dict[str, Any], rows: int,
+                   classes: int) -> dict[str, Any]:
+    """The parameters `estimator` is fitted with on `rows` rows (ml.estimators.effective_params)."""
+    from ml.estimators import FitContext, effective_params
+
+    budget = config.gates.max_size_mb * 1e6 * TREE_SIZE_SHARE
+    return effective_params(estimator, params, FitContext(rows=rows, classes=classes, max_onnx_bytes=budget))
+
+
+def fit_pipeline(config: ModelConfig, estimator: str, params: dict[str, Any], x: pd.DataFrame, y: np.ndarray,
+                 weights: np.ndarray, classes: int) -> tuple[Any, dict[str, Any]]:
+    """The fitted pipeline of `estimator` (bounded for these rows) and the parameters it was fitted with."""
+    fitted_params = bounded_params(config, estimator, params, len(x), classes)
+    try:
+        pipeline = build_pipeline(config, estimator, fitted_params)
+    except (ImportError, OSError) as exc:  # e.g. lightgbm without its OpenMP runtime (libgomp1)
+        raise TrainingError(f"{estimator} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    try:
+        pipeline.fit(x, y, classifier__sample_weight=weights)
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(f"training {estimator} failed: {exc}") from None
+    return pipeline, fitted_params
+
+
+def serving_gates(config: ModelConfig, measured: ExportMeasure, sklearn_proba: np.ndarray) -> dict[str, GateResult]:
+    """The gates step's parity, latency (p99) and size gates on a measured export."""
+    from ml.gates import latency_gate, parity_gate, size_gate
+
+    gates = config.gates
+    return {"onnx_parity": parity_gate(sklearn_proba, measured.onnx_proba, gates.parity_tolerance),
+            "latency": latency_gate(measured.latency_p99_ms, gates.max_latency_ms),
+            "size": size_gate(measured.size_bytes, gates.max_size_mb)}
+
+
+def projected_gates(config: ModelConfig, measured: ExportMeasure, scale: float) -> dict[str, GateResult]:
+    """The latency and size gates of a model `scale` times the measured one's trees: both grow linearly in
+    the trees. Latency projects the median, not the p99: a scheduler hiccup in a p99 of a few trees,
+    multiplied by `scale`, would refuse any model on a busy machine; the gates step still judges the p99."""
+    from ml.gates import latency_gate, size_gate
+
+    gates = config.gates
+    latency = latency_gate(measured.latency_p50_ms * scale, gates.max_latency_ms)
+    latency = dataclasses.replace(latency, detail="median single-row onnxruntime latency (ms) x trees")
+    return {"latency": latency, "size": size_gate(round(measured.size_bytes * scale), gates.max_size_mb)}
+
+
+def failed_gates(gates: dict[str, GateResult], projected: bool = False) -> str | None:
+    """One line naming the gates that failed (None when all passed)."""
+    failed = [f"{name} {'projected ' if projected else ''}{g.value:.4g} > {g.threshold:g} ({g.detail})"
+              if g.value is not None else f"{name} ({g.detail})" for name, g in gates.items() if not g.passed]
+    return "; ".join(failed) or None
+
+
+def early_estimate(config: ModelConfig, estimator: str, params: dict[str, Any],
+                   data: TrainingData) -> str | None:
+    """Why `estimator` would fail the size or latency gate, projected from a tenth of its trees fitted on all
+    training rows and exported (None: it would pass, or it is no ensemble large enough to estimate)."""
+    fitted = bounded_params(config, estimator, params, len(data.x_train), len(data.classes))
+    trees = fitted.get("n_estimators")
+    if not isinstance(trees, int) or trees < PROBE_MIN_TREES:
+        return None
+    from ml.export import measure_export
+
+    probe_trees = max(1, trees // 10)
+    pipeline, _ = fit_pipeline(config, estimator, {**fitted, "n_estimators": probe_trees}, data.x_train,
+                               data.y_train, data.weights, len(data.classes))
+    frame = model_frame(data.eval_frame.head(_PROBE_ROWS), config)
+    measured = measure_export(pipeline, with_estimator(config, estimator, fitted), data.classes, frame)
+    problem = failed_gates(projected_gates(config, measured, trees / probe_trees), projected=True)
+    log.info("%s: %d of %d trees export to %.3f MB, median latency %.3f ms%s", estimator, probe_trees, trees,
+             measured.size_bytes / 1e6, measured.latency_p50_ms, f": {problem}" if problem else "")
+    return f"from {probe_trees} of {trees} trees: {problem}" if problem else None
+
+
+def scored_challenger(config: ModelConfig, pipeline: Any, data: TrainingData, estimator: str,
+                      params: dict[str, Any], window: str, **extra: Any) -> Challenger:
+    """The fitted pipeline scored on the holdout, as a Challenger."""
+    from ml.metrics import all_scores
+
+    proba = pipeline.predict_proba(model_frame(data.eval_frame, config))
+    metrics = all_scores(data.y_eval, proba, config.model.threshold)
+    log.info("challenger %s (%s window) holdout metrics: %s", estimator, window,
+             {k: round(v, 4) for k, v in metrics.items()})
+    return Challenger(pipeline=pipeline, data=data, eval_proba=proba, metrics=metrics, estimator=estimator,
+                      params=params, window=window, **extra)
 
 
 def split_training_data(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None,
@@ -179,38 +299,74 @@ def split_training_data(config: ModelConfig, reference: pd.DataFrame, current: p
 
 def fit_challenger(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None,
                    window: str = "all") -> Challenger:
-    """Fit the configured pipeline on a window ("all" or "current") and score it on the holdout."""
-    from ml.metrics import all_scores
+    """Fit the configured estimator (or search one: model.estimator auto) on a window ("all" or "current")
+    and score it on the holdout."""
+    from ml.estimators import AUTO
 
     data = split_training_data(config, reference, current, current_only=window == "current")
-    pipeline = build_pipeline(config)
+    if config.model.estimator == AUTO:
+        from ml.search import search_challenger
+
+        return search_challenger(config, data, window)
+    name = config.model.estimator
     log.info("training %s on %d rows (%d classes), holdout %d rows from the %s window",
-             config.model.estimator, len(data.x_train), len(data.classes), len(data.eval_frame), data.eval_source)
+             name, len(data.x_train), len(data.classes), len(data.eval_frame), data.eval_source)
+    problem = early_estimate(config, name, config.model.params, data)
+    if problem:
+        raise TrainingError(f"{name} would fail the serving gates ({problem}): not training it to the end; "
+                            "lower model.params n_estimators or max_leaf_nodes, or raise the gates' budgets")
+    pipeline, params = fit_pipeline(config, name, config.model.params, data.x_train, data.y_train, data.weights,
+                                    len(data.classes))
+    return scored_challenger(config, pipeline, data, name, params, window)
+
+
+def export_checked(config: ModelConfig, challenger: Challenger) -> tuple[Challenger, dict[str, GateResult]]:
+    """The challenger with its ONNX file and its serving gates (parity on the holdout, latency, size);
+    TrainingError naming the problem when it does not convert or fails one of them."""
+    from ml.export import measure_export
+
+    resolved = with_estimator(config, challenger.estimator, challenger.params)
+    measured = measure_export(challenger.pipeline, resolved, challenger.data.classes,
+                              model_frame(challenger.data.eval_frame, config))
+    gates = serving_gates(config, measured, challenger.eval_proba)
+    problem = failed_gates(gates)
+    if problem:
+        raise TrainingError(problem)
+    return dataclasses.replace(challenger, onnx=measured.onnx), gates
+
+
+def checked(config: ModelConfig, challenger: Challenger) -> Challenger | None:
+    """The challenger with its ONNX file when it passes the serving gates; else None (logged)."""
     try:
-        pipeline.fit(data.x_train, data.y_train, classifier__sample_weight=data.weights)
-    except (ValueError, TypeError) as exc:
-        raise TrainingError(f"training {config.model.estimator} failed: {exc}") from None
-    proba = pipeline.predict_proba(model_frame(data.eval_frame, config))
-    metrics = all_scores(data.y_eval, proba, config.model.threshold)
-    log.info("challenger holdout metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
-    return Challenger(pipeline=pipeline, data=data, eval_proba=proba, metrics=metrics,
-                      estimator=config.model.estimator, params=dict(config.model.params), window=window)
+        return export_checked(config, challenger)[0]
+    except TrainingError as exc:
+        log.warning("%s window: %s cannot be served: %s", challenger.window, challenger.estimator, exc)
+        return None
 
 
 def fit_best_challenger(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None,
                         windows: list[str]) -> Challenger:
-    """Fit one challenger per window and keep the best by `performance.metric` on the shared holdout."""
-    import dataclasses
+    """Fit one challenger per window and keep the best by `performance.metric` on the shared holdout.
+
+    With model.estimator auto the search runs on the first window; the others are fitted with what it chose
+    and kept only if they pass the same export checks."""
     import math
 
     from ml.metrics import HIGHER_IS_BETTER
 
     metric = config.performance.metric
-    fitted = [fit_challenger(config, reference, current, w) for w in windows]
-    if len(fitted) == 1:
-        return fitted[0]
+    first = fit_challenger(config, reference, current, windows[0])
+    if len(windows) == 1:
+        return first
+    if first.search is None:
+        fitted = eligible = [first, *(fit_challenger(config, reference, current, w) for w in windows[1:])]
+    else:
+        spec = with_estimator(config, first.estimator, first.search.chosen_setting)
+        others = [fit_challenger(spec, reference, current, w) for w in windows[1:]]
+        fitted = [first, *others]
+        eligible = [first, *filter(None, (checked(config, c) for c in others))]
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    best = max(fitted, key=lambda c: -math.inf if math.isnan(c.metrics[metric]) else sign * c.metrics[metric])
+    best = max(eligible, key=lambda c: -math.inf if math.isnan(c.metrics[metric]) else sign * c.metrics[metric])
     scores = {c.window: c.metrics[metric] for c in fitted}
     log.info("training windows by holdout %s: %s -> keeping '%s'", metric, scores, best.window)
-    return dataclasses.replace(best, candidates=scores)
+    return dataclasses.replace(best, candidates=scores, search=first.search)

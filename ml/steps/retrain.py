@@ -14,7 +14,10 @@ from ml.steps import snapshot_current
 from ml.train import HOLDOUT_ARTIFACT, Holdout, TrainResult
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from ml.registry import Registration
+    from ml.search import SearchReport
     from ml.steps import StepRun
 
 log = logging.getLogger(__name__)
@@ -43,19 +46,42 @@ def train(run: StepRun) -> TrainResult:
     challenger = fit_best_challenger(config, run.windows.reference, current, windows)
     if current is not None and not validation.current_snapshot:
         snapshot_current(ctx, current)  # the window drift.reference: champion compares with once this one serves
-    data = to_onnx(challenger.pipeline, config, challenger.data.classes)
-    info = ctx.log_onnx_model(data, estimator=config.model.estimator, params=dict(config.model.params),
+    data = challenger.onnx or to_onnx(challenger.pipeline, config, challenger.data.classes)
+    info = ctx.log_onnx_model(data, estimator=challenger.estimator, params=challenger.params,
                               train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
                               eval_source=challenger.data.eval_source, metrics=challenger.metrics)
+    if challenger.search is not None:
+        log_search(ctx.client, ctx.mlflow_run_id, challenger.search)
     model = OnnxModel.load(download_model(info.model_uri, ctx.work_dir / "challenger"))
     holdout_path = ctx.work_dir / HOLDOUT_ARTIFACT
     challenger.holdout.write(holdout_path)
     ctx.log_artifact(holdout_path, str(holdout_path.parent.relative_to(ctx.work_dir)))
     return TrainResult(model_id=info.model_id, model_uri=info.model_uri, onnx_sha256=model.sha256,
-                       onnx_size_bytes=model.size_bytes, estimator=config.model.estimator,
+                       onnx_size_bytes=model.size_bytes, estimator=challenger.estimator,
                        train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
                        eval_source=challenger.data.eval_source, metrics=challenger.metrics,
-                       classes=challenger.data.classes, window=challenger.window, candidates=challenger.candidates)
+                       classes=challenger.data.classes, window=challenger.window, candidates=challenger.candidates,
+                       params=challenger.params, search=challenger.search)
+
+
+def log_search(client: MlflowClient, run_id: str, report: SearchReport) -> None:
+    """The search in the MLflow run: each candidate's setting (param), CV score and times (metrics), the
+    chosen one and each candidate's fate (tags: a retry whose budget ends elsewhere may change them)."""
+    import json
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"search.{c.name}.{key}", value, now, 0) for c in report.candidates
+               for key, value in ((f"cv_{report.metric}", c.cv_score), ("cv_seconds", c.cv_seconds),
+                                  ("refit_seconds", c.refit_seconds)) if value is not None]
+    params = [Param(f"search.{c.name}", json.dumps(c.setting, sort_keys=True)) for c in report.candidates]
+    tags = [RunTag("ct.search.chosen", str(report.chosen)),
+            *(RunTag(f"ct.search.{c.name}", f"{c.status}: {c.reason}" if c.reason else c.status)
+              for c in report.candidates)]
+    client.log_batch(run_id, metrics=[*metrics, Metric("search.elapsed_s", report.elapsed_s, now, 0)],
+                     params=params, tags=[RunTag(t.key, t.value[:5000]) for t in tags])
 
 
 def gates(run: StepRun) -> GateReport:
