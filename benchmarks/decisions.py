@@ -152,10 +152,10 @@ class Champion:
 
 
 def train(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None = None) -> Champion:
+    from ml.challenger import fit_challenger
     from ml.data import model_frame
     from ml.drift.profile import ReferenceProfile
     from ml.estimate import fit_calibration
-    from ml.train import fit_challenger
 
     challenger = fit_challenger(config, reference, current)
     profile = ReferenceProfile.build(model_frame(reference, config), config, "reference")

@@ -50,10 +50,10 @@ log = logging.getLogger("serving_bench")
 
 def train_model(out_dir: Path) -> tuple[Path, str, Any, Any, list[dict[str, Any]]]:
     """(onnx path, sha256, sklearn pipeline, config, sample records) of a freshly trained model."""
+    from ml.challenger import fit_challenger
     from ml.config import parse_config
     from ml.datasets.attrition import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, generate
     from ml.export import sha256_bytes, to_onnx
-    from ml.train import fit_challenger
 
     reference = generate("reference", 2000, 42)
     config = parse_config({"name": "bench-attrition", "target": LABEL, "positive_class": 1,

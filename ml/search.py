@@ -26,11 +26,11 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ml.errors import TrainingError
-from ml.result import Result
+from ml.train import CandidateResult, SearchReport
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,48 +41,6 @@ if TYPE_CHECKING:
     from ml.train import Challenger, TrainingData
 
 log = logging.getLogger(__name__)
-
-Status = Literal["chosen", "scored", "excluded", "skipped", "failed"]
-
-
-@dataclass(frozen=True)
-class CandidateResult(Result):
-    """One candidate of the search: what it is, how it scored, and what became of it."""
-
-    name: str  # <estimator>_<setting number>
-    estimator: str
-    setting: dict[str, Any]  # the grid setting
-    #: chosen | scored (cross-validated, a better one was chosen) | excluded (cannot be served, see reason)
-    #: | skipped (not tried: budget spent) | failed (training raised)
-    status: Status
-    reason: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # as fitted on all training rows (bounds applied)
-    cv_score: float | None = None  # mean over folds
-    cv_std: float | None = None
-    cv_seconds: float | None = None  # the early estimate, fitting and scoring every fold
-    refit_seconds: float | None = None  # the fit on all training rows and the export checks
-    onnx_mb: float | None = None
-    latency_p99_ms: float | None = None
-    parity: float | None = None
-
-
-@dataclass(frozen=True)
-class SearchReport(Result):
-    """The search: its settings, time spent, the chosen candidate and every candidate in search order."""
-
-    metric: str
-    cv_folds: int
-    cv_rows: int
-    budget_s: float
-    elapsed_s: float
-    chosen: str | None
-    candidates: list[CandidateResult]
-
-    @property
-    def chosen_setting(self) -> dict[str, Any]:
-        """The chosen candidate's grid setting: what other windows are fitted with (bounded for their rows)."""
-        return next(dict(c.setting) for c in self.candidates if c.name == self.chosen)
-
 
 @dataclass(frozen=True)
 class _CvData:

@@ -6,13 +6,10 @@ holdout. The holdout is drawn from the newest labelled data (the current window)
 champion on exactly these rows. `training.current_weight` up-weights current rows.
 
 Window "current" leaves the reference rows out of training (concept drift: their labels follow the
-old relationship). `fit_best_challenger` fits several windows and keeps the best on the shared
-holdout: a decayed metric alone cannot tell concept drift from a population shift whose P(y|x) is
-unchanged, so `training.window: auto` lets the holdout decide.
+old relationship). This module holds the building blocks and the fit of a named estimator; ml.search
+searches one (`model.estimator: auto`) and ml.challenger chooses between them and between windows.
 
-`model.estimator: auto` searches candidates (ml.search) once, on the first window's training rows;
-the other windows are fitted with the chosen estimator and parameters and must pass the same export
-checks. Tree ensembles are bounded from the data (ml.estimators) and estimated early: a tenth of the
+Tree ensembles are bounded from the data (ml.estimators) and estimated early: a tenth of the
 trees is fitted on all training rows and exported, and a model whose projected ONNX size or latency
 would fail its gate is not trained to the end.
 """
@@ -22,12 +19,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ml.data import class_labels, encode_target, labelled, model_frame
 from ml.errors import TrainingError
 from ml.result import Result
-from ml.search import SearchReport
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -71,6 +67,48 @@ class Challenger:
     @property
     def holdout(self) -> Holdout:
         return Holdout(frame=self.data.eval_frame, y=self.data.y_eval, sklearn_proba=self.eval_proba)
+
+
+Status = Literal["chosen", "scored", "excluded", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class CandidateResult(Result):
+    """One candidate of the search: what it is, how it scored, and what became of it."""
+
+    name: str  # <estimator>_<setting number>
+    estimator: str
+    setting: dict[str, Any]  # the grid setting
+    #: chosen | scored (cross-validated, a better one was chosen) | excluded (cannot be served, see reason)
+    #: | skipped (not tried: budget spent) | failed (training raised)
+    status: Status
+    reason: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # as fitted on all training rows (bounds applied)
+    cv_score: float | None = None  # mean over folds
+    cv_std: float | None = None
+    cv_seconds: float | None = None  # the early estimate, fitting and scoring every fold
+    refit_seconds: float | None = None  # the fit on all training rows and the export checks
+    onnx_mb: float | None = None
+    latency_p99_ms: float | None = None
+    parity: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchReport(Result):
+    """The search: its settings, time spent, the chosen candidate and every candidate in search order."""
+
+    metric: str
+    cv_folds: int
+    cv_rows: int
+    budget_s: float
+    elapsed_s: float
+    chosen: str | None
+    candidates: list[CandidateResult]
+
+    @property
+    def chosen_setting(self) -> dict[str, Any]:
+        """The chosen candidate's grid setting: what other windows are fitted with (bounded for their rows)."""
+        return next(dict(c.setting) for c in self.candidates if c.name == self.chosen)
 
 
 @dataclass(frozen=True)
@@ -297,17 +335,8 @@ def split_training_data(config: ModelConfig, reference: pd.DataFrame, current: p
                         eval_source=source, classes=classes)
 
 
-def fit_challenger(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None,
-                   window: str = "all") -> Challenger:
-    """Fit the configured estimator (or search one: model.estimator auto) on a window ("all" or "current")
-    and score it on the holdout."""
-    from ml.estimators import AUTO
-
-    data = split_training_data(config, reference, current, current_only=window == "current")
-    if config.model.estimator == AUTO:
-        from ml.search import search_challenger
-
-        return search_challenger(config, data, window)
+def fit_named(config: ModelConfig, data: TrainingData, window: str = "all") -> Challenger:
+    """Fit the named estimator (model.estimator, model.params) on the training rows; score it on the holdout."""
     name = config.model.estimator
     log.info("training %s on %d rows (%d classes), holdout %d rows from the %s window",
              name, len(data.x_train), len(data.classes), len(data.eval_frame), data.eval_source)
@@ -342,31 +371,3 @@ def checked(config: ModelConfig, challenger: Challenger) -> Challenger | None:
     except TrainingError as exc:
         log.warning("%s window: %s cannot be served: %s", challenger.window, challenger.estimator, exc)
         return None
-
-
-def fit_best_challenger(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None,
-                        windows: list[str]) -> Challenger:
-    """Fit one challenger per window and keep the best by `performance.metric` on the shared holdout.
-
-    With model.estimator auto the search runs on the first window; the others are fitted with what it chose
-    and kept only if they pass the same export checks."""
-    import math
-
-    from ml.metrics import HIGHER_IS_BETTER
-
-    metric = config.performance.metric
-    first = fit_challenger(config, reference, current, windows[0])
-    if len(windows) == 1:
-        return first
-    if first.search is None:
-        fitted = eligible = [first, *(fit_challenger(config, reference, current, w) for w in windows[1:])]
-    else:
-        spec = with_estimator(config, first.estimator, first.search.chosen_setting)
-        others = [fit_challenger(spec, reference, current, w) for w in windows[1:]]
-        fitted = [first, *others]
-        eligible = [first, *filter(None, (checked(config, c) for c in others))]
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    best = max(eligible, key=lambda c: -math.inf if math.isnan(c.metrics[metric]) else sign * c.metrics[metric])
-    scores = {c.window: c.metrics[metric] for c in fitted}
-    log.info("training windows by holdout %s: %s -> keeping '%s'", metric, scores, best.window)
-    return dataclasses.replace(best, candidates=scores, search=first.search)

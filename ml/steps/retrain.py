@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 
 def train(run: StepRun) -> TrainResult:
     """Fit the challenger, export it to ONNX and log it (and its holdout) to the run."""
+    from ml.challenger import fit_best_challenger
     from ml.export import OnnxModel, to_onnx
     from ml.registry import version_for_run
     from ml.tracking import download_model
-    from ml.train import fit_best_challenger
 
     config, ctx = run.config, run.ctx
     previous = run.state.last_record(Step.TRAIN)  # of any attempt: registration is once per run

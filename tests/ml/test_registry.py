@@ -24,9 +24,9 @@ def logged_model(module_ct_home):
     import onnx
     import pandas as pd
 
+    from ml.challenger import fit_challenger
     from ml.config import parse_config
     from ml.export import sha256_bytes, to_onnx
-    from ml.train import fit_challenger
 
     config = parse_config({"name": "reg-test", "target": "y", "positive_class": 1, "features": {"numeric": ["a"]},
                            "data": {"reference": "r.csv"}})

@@ -12,9 +12,9 @@ import yaml
 from sklearn.tree import DecisionTreeClassifier
 
 from ml import estimators
+from ml.challenger import fit_best_challenger, fit_challenger
 from ml.config import load_config, parse_config
 from ml.errors import TrainingError
-from ml.train import fit_best_challenger, fit_challenger
 from tests.conftest import free_port
 
 NUMERIC = ["age", "tenure", "hours", "noise"]
@@ -236,7 +236,7 @@ def test_the_search_report_round_trips_through_the_train_result(windows):
     """The train step's result crosses processes as JSON (ml.result): the search comes back typed."""
     import json
 
-    from ml.search import CandidateResult, SearchReport
+    from ml.train import CandidateResult, SearchReport
     from ml.train import TrainResult
 
     best = fit_challenger(search_config(["logistic_regression"]), *windows)

@@ -2,12 +2,13 @@ import numpy as np
 import onnx
 import pytest
 
+from ml.challenger import fit_challenger
 from ml.config import load_config
 from ml.data import model_frame, read_window
 from ml.errors import ConfigError
 from ml.estimators import available_estimators, build_estimator
 from ml.export import ModelIntegrityError, OnnxModel, to_onnx
-from ml.train import fit_challenger, split_training_data
+from ml.train import split_training_data
 from tests.conftest import DATA, DEMO_CONFIG
 
 
@@ -70,7 +71,7 @@ def test_estimator_registry_errors():
 @pytest.mark.parametrize(("current", "expected"), [("current_covariate_drift.csv", "all"),
                                                   ("current_concept_drift.csv", "current")])
 def test_best_window_follows_the_holdout(current, expected):
-    from ml.train import fit_best_challenger
+    from ml.challenger import fit_best_challenger
 
     config = load_config(DEMO_CONFIG)
     reference = read_window(str(DATA / "reference.csv")).frame

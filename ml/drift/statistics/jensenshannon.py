@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ml.drift.statistics import Statistic, register_statistic
+from ml.drift.statistics.registry import Statistic, register_statistic
 
 if TYPE_CHECKING:
     from ml.drift.profile import ColumnProfile

@@ -9,11 +9,11 @@ import urllib.request
 import pandas as pd
 import pytest
 
+from ml.challenger import fit_challenger
 from ml.config import load_config
 from ml.deploy.local import deploy_local, is_serving, read_state, stop_server
 from ml.deploy.smoke import SmokeResult, smoke_records, smoke_test
 from ml.export import OnnxModel, to_onnx
-from ml.train import fit_challenger
 from tests.conftest import DATA, DEMO_CONFIG, free_port
 
 

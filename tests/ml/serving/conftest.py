@@ -154,10 +154,10 @@ def launch(tmp_path: Path, env: dict[str, str], args: list[str] | None = None) -
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    from ml.challenger import fit_challenger
     from ml.config import parse_config
     from ml.datasets.attrition import generate
     from ml.export import sha256_bytes, to_onnx
-    from ml.train import fit_challenger
 
     reference = generate("reference", 1200, 7)
     config = parse_config(config_dict())

@@ -161,9 +161,9 @@ def test_external_data_model_is_refused(trained, tmp_path):
 
 
 def test_multiclass_label_is_argmax(tmp_path):
+    from ml.challenger import fit_challenger
     from ml.config import parse_config
     from ml.export import to_onnx
-    from ml.train import fit_challenger
 
     rng = __import__("numpy").random.default_rng(3)
     import pandas as pd
