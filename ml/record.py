@@ -5,8 +5,9 @@ so a run that failed half-way still gets a complete, honest record. `finish_run`
 writes it: to the MLflow run (artifact `run_record.json`, tags, run status) and to the run folder.
 
 status: promoted | skipped | blocked (data contract) | rejected (a gate failed)
+        | not_approved (promotion.approval: required, and the version was rejected, timed out or is pending)
         | rolled_back (deploy failed, previous version restored) | failed (a step errored)
-        | deployed (`python -m ml deploy --version`: serving, champion unchanged)
+        | deployed (a deploy that moved no alias)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ml.decision import Decision, PerformanceResult
 from ml.deploy import DeployResult
 from ml.drift import DriftResult
 from ml.gates import GateReport
-from ml.registry import Promotion, Registration
+from ml.registry import Approval, Promotion, Registration
 from ml.result import Result
 from ml.state import RunState, Step
 from ml.train import TrainResult
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Status = Literal["promoted", "skipped", "blocked", "rejected", "rolled_back", "failed", "deployed"]
+Status = Literal["promoted", "skipped", "blocked", "rejected", "not_approved", "rolled_back", "failed", "deployed"]
 FAILED_STATUSES = ("blocked", "rejected", "rolled_back", "failed")
 #: Decisions of runs that are an operator's action rather than the pipeline's checks.
 OPERATIONS = ("rollback", "deploy")
@@ -64,6 +65,8 @@ class RunRecord(Result):
     champion_version: str | None
     deployment: dict[str, Any]
     errors: dict[str, str]
+    #: null unless promotion.approval is required: version, decision, by, at, detail
+    approval: dict[str, Any] | None = None
 
     def failure(self) -> str | None:
         """Why the run counts as failed (None when it succeeded: promoted, skipped or deployed)."""
@@ -95,6 +98,9 @@ def run_status(state: RunState) -> Status:
     report = state.get(Step.GATES, GateReport)
     if report is not None and not report.passed:
         return "rejected"
+    approval = state.get(Step.APPROVE, Approval)
+    if approval is not None and not approval.approved:
+        return "not_approved"
     deployed = state.get(Step.DEPLOY, DeployResult)
     if deployed is not None and not deployed.ok:
         return "rolled_back" if deployed.rolled_back else "failed"
@@ -167,12 +173,15 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
                     "rolled_back": bool(deployed and deployed.rolled_back),
                     **_section(deployed, ("url", "detail"))},
         errors=errors,
+        approval=approval.to_dict() if (approval := state.get(Step.APPROVE, Approval)) is not None else None,
     )
 
 
 def finish_run(ctx: RunContext) -> RunRecord:
-    """Build the record from the stored state and write it to MLflow (artifact, tags, run status) and the
-    run folder."""
+    """Build the record from the stored state and write it to MLflow (artifact, tags, the run's description,
+    run status) and the run folder."""
+    from ml.explain import run_note
+
     record = build_record(ctx.load_state(), model=ctx.config.name, run_id=ctx.mlflow_run_id)
     document = record.to_dict()
     ctx.client.log_dict(ctx.mlflow_run_id, document, "run_record.json")
@@ -181,6 +190,7 @@ def finish_run(ctx: RunContext) -> RunRecord:
     ctx.client.set_tag(ctx.mlflow_run_id, "ct.decision", record.decision)
     if record.reason:
         ctx.client.set_tag(ctx.mlflow_run_id, "ct.reason", str(record.reason)[:4000])
+    ctx.describe(run_note(record))
     ctx.client.set_terminated(ctx.mlflow_run_id, "FAILED" if record.failure() else "FINISHED")
     log.info("run record: %s", json.dumps(document, default=str))
     return record

@@ -29,7 +29,7 @@ from ml.deploy import DeployResult
 from ml.drift import DriftResult
 from ml.errors import ContractError, CTError, StateError, rebuild_error
 from ml.gates import GateReport
-from ml.registry import Promotion, Registration
+from ml.registry import Approval, Promotion, Registration
 from ml.result import Result
 from ml.train import TrainResult
 
@@ -49,11 +49,13 @@ class Step(StrEnum):
     TRAIN = "train"
     GATES = "gates"
     REGISTER = "register"
+    APPROVE = "approve"
     DEPLOY = "deploy"
     PROMOTE = "promote"
 
 
 CHECK_STEPS = (Step.VALIDATE, Step.DRIFT, Step.PERFORMANCE, Step.DECIDE)
+#: APPROVE runs between REGISTER and DEPLOY only with `promotion.approval: required` (ml.pipeline).
 RETRAIN_STEPS = (Step.TRAIN, Step.GATES, Step.REGISTER, Step.DEPLOY, Step.PROMOTE)
 
 
@@ -98,7 +100,7 @@ class Validation(Result):
 RESULT_TYPES: dict[Step, type[Result]] = {
     Step.VALIDATE: Validation, Step.DRIFT: DriftResult, Step.PERFORMANCE: PerformanceResult,
     Step.DECIDE: Decision, Step.TRAIN: TrainResult, Step.GATES: GateReport, Step.REGISTER: Registration,
-    Step.DEPLOY: DeployResult, Step.PROMOTE: Promotion,
+    Step.APPROVE: Approval, Step.DEPLOY: DeployResult, Step.PROMOTE: Promotion,
 }
 
 
