@@ -211,6 +211,9 @@ def _ledger_run(client: MlflowClient, name: str) -> str:
     """The model's ledger run, created (in the model's experiment) on the first alias move."""
     from ml.tracking import get_or_create_experiment
 
+    pointer = (client.get_registered_model(name).tags or {}).get(LEDGER_POINTER_TAG)
+    if pointer:
+        return pointer
     found = _ledger_runs(client, name)
     if found:
         return found[0]
