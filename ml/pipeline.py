@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from ml.decision import Decision
-from ml.errors import CTError, DeployError, RegistryError, StateError
+from ml.errors import CTError, DeployError, StateError
 from ml.registry import Approval
 from ml.state import CHECK_STEPS, RETRAIN_STEPS, RunState, Step, StepError, StepRecord, new_attempt, step_error
 from ml.steps import StepRun, check, release, retrain
@@ -177,8 +177,10 @@ def rollback(config: ModelConfig, reason: str, *, version: str | None = None,
         target = str(version)
         current = _champion_version(client, config.name)
         if current == target:
-            raise RegistryError(f"v{target} is already the champion of '{config.name}': nothing to roll back to")
-        client.get_model_version(config.name, target)  # an unknown version fails here, naming it
+            raise StateError(f"v{target} is already the champion of '{config.name}': nothing to roll back to")
+        known = sorted((str(v.version) for v in client.search_model_versions(f"name='{config.name}'")), key=int)
+        if target not in known:
+            raise StateError(f"'{config.name}' has no version {target} (registered: {', '.join(known) or 'none'})")
     decision = Decision("rollback", f"rollback of v{current} to v{target}: {reason}", ["manual"])
     record, deployed, promotion = _release(config, decision, target, reason=decision.reason, kind="rollback",
                                            run_key=run_key)

@@ -313,6 +313,49 @@ def window_since(current_window: str | None, *, as_of: datetime, champion_promot
     return as_of - timedelta(hours=count * (24 if unit == "d" else 1))
 
 
+def _days(start: date | str | None, end: date | str | None, since: datetime | None,
+          until: datetime | None) -> tuple[date | None, date | None]:
+    """The partition days to read: the dates given, narrowed to the days of `since`/`until`."""
+    start_d, end_d = _as_date(start, "start"), _as_date(end, "end")
+    if since is not None:
+        start_d = max(filter(None, (start_d, since.astimezone(UTC).date())))
+    if until is not None:
+        end_d = min(filter(None, (end_d, until.astimezone(UTC).date())))
+    if start_d and end_d and start_d > end_d:
+        raise DataError(f"start {start_d} is after end {end_d}")
+    return start_d, end_d
+
+
+def _prediction_rows(files: list[Path], include_smoke: bool) -> tuple[list[dict[str, Any]], dict[str, None], int]:
+    """(rows, feature names in order of appearance, smoke-test lines left out)."""
+    rows: list[dict[str, Any]] = []
+    feature_names: dict[str, None] = {}
+    smoke = 0
+    for record in _records(files):
+        if not include_smoke and record.get("traffic") == SMOKE:
+            smoke += 1
+            continue
+        features = record.get("features") or {}
+        feature_names.update(dict.fromkeys(features))
+        output = record.get("output") or {}
+        rows.append({**features, "prediction_id": record["prediction_id"], "timestamp": record.get("timestamp"),
+                     "model_version": record.get("model_version"), "prediction": output.get("label")})
+    return rows, feature_names, smoke
+
+
+def _within(frame: pd.DataFrame, since: datetime | None, until: datetime | None) -> pd.DataFrame:
+    import pandas as pd
+
+    if since is None and until is None:
+        return frame
+    keep = pd.Series(True, index=frame.index)
+    if since is not None:
+        keep &= frame["timestamp"] >= pd.Timestamp(since)
+    if until is not None:
+        keep &= frame["timestamp"] <= pd.Timestamp(until)
+    return frame[keep].reset_index(drop=True)
+
+
 def read_prediction_log(path: str | Path, label_column: str | None = None, start: date | str | None = None,
                         end: date | str | None = None, *, since: datetime | None = None,
                         until: datetime | None = None, include_smoke: bool = False) -> pd.DataFrame:
@@ -331,41 +374,17 @@ def read_prediction_log(path: str | Path, label_column: str | None = None, start
     root = Path(str(path).removeprefix("file://"))
     if not is_prediction_log(root):
         raise DataError(f"{root} is not a prediction log (no '{PREDICTIONS}/' folder inside)")
-    start_d, end_d = _as_date(start, "start"), _as_date(end, "end")
-    if since is not None:
-        start_d = max(filter(None, (start_d, since.astimezone(UTC).date())))
-    if until is not None:
-        end_d = min(filter(None, (end_d, until.astimezone(UTC).date())))
-    if start_d and end_d and start_d > end_d:
-        raise DataError(f"start {start_d} is after end {end_d}")
+    start_d, end_d = _days(start, end, since, until)
     files = _partition_files(root, PREDICTIONS, start_d, end_d)
-    rows: list[dict[str, Any]] = []
-    feature_names: dict[str, None] = {}
-    smoke = 0
-    for record in _records(files):
-        if not include_smoke and record.get("traffic") == SMOKE:
-            smoke += 1
-            continue
-        features = record.get("features") or {}
-        feature_names.update(dict.fromkeys(features))
-        output = record.get("output") or {}
-        rows.append({**features, "prediction_id": record["prediction_id"], "timestamp": record.get("timestamp"),
-                     "model_version": record.get("model_version"), "prediction": output.get("label")})
+    rows, feature_names, smoke = _prediction_rows(files, include_smoke)
     reserved = {*META_COLUMNS, *([label_column] if label_column else [])}
     clash = sorted(reserved & set(feature_names))
     if clash:
         raise DataError(f"prediction log {root}: feature(s) {clash} collide with the columns "
                         f"{sorted(reserved)} this reader adds; rename the feature or the label column")
-    columns = [*feature_names, *META_COLUMNS]
-    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame = pd.DataFrame.from_records(rows, columns=[*feature_names, *META_COLUMNS])
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-    if since is not None or until is not None:
-        keep = pd.Series(True, index=frame.index)
-        if since is not None:
-            keep &= frame["timestamp"] >= pd.Timestamp(since)
-        if until is not None:
-            keep &= frame["timestamp"] <= pd.Timestamp(until)
-        frame = frame[keep].reset_index(drop=True)
+    frame = _within(frame, since, until)
     frame["model_version"] = frame["model_version"].astype(object)
     if label_column:
         feedback = read_feedback(root, start_d)

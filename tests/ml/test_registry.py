@@ -154,3 +154,20 @@ def test_mlflow_client_leaves_the_environment_alone(ct_home):
 
     mlflow_client()
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_rollback_to_an_explicit_version_refuses_the_champion_and_unknown_versions(logged_model):
+    """Checked before anything is deployed: the errors name the version and what is registered."""
+    from ml.config import parse_config
+    from ml.errors import StateError
+    from ml.pipeline import rollback
+
+    client, v1, v2 = two_versions(logged_model, "reg-rollback")
+    move_alias(client, "reg-rollback", CHAMPION, v2, reason="bootstrap")
+    config = parse_config({"name": "reg-rollback", "target": "y", "positive_class": 1,
+                           "features": {"numeric": ["a"]}, "data": {"reference": "r.csv"}})
+    with pytest.raises(StateError, match=f"v{v2} is already the champion of 'reg-rollback'"):
+        rollback(config, "test", version=v2)
+    with pytest.raises(StateError, match=f"'reg-rollback' has no version 9 \\(registered: {v1}, {v2}\\)"):
+        rollback(config, "test", version="9")
+    assert str(version_by_alias(client, "reg-rollback", CHAMPION).version) == v2
