@@ -60,12 +60,12 @@ def child(config_path: str) -> dict[str, Any]:
     from ml.errors import TrainingError
     from ml.gates import size_gate
     from ml.pipeline import run_step
-    from ml.state import Step
+    from ml.state import RunState, Step
     from ml.tracking import open_run
 
     config = load_config(config_path)
     ctx = open_run(config, "bench")
-    state = ctx.load_state().with_record(run_step(Step.VALIDATE, ctx))
+    state = RunState.load(ctx).with_record(run_step(Step.VALIDATE, ctx))
     started = time.perf_counter()
     try:
         trained = run_step(Step.TRAIN, ctx, state=state).result

@@ -64,15 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         if step == "decide":
             p.add_argument("--force-retrain", action="store_true")
         if step == "deploy":
-            p.add_argument("--version", help="deploy this registered version (default: the run's registered one)")
+            p.add_argument("--version", help="serve this registered version and move champion to it once it serves "
+                                             "(default: the run's registered one)")
     p = sub.add_parser("run", help="the whole pipeline in one process (no Airflow)")
     _common(p)
     p.add_argument("--force-retrain", action="store_true")
     p = sub.add_parser("record", help="build and write the run record of a run")
     _common(p)
-    p = sub.add_parser("rollback", help="point champion back at the version it replaced and serve it")
+    p = sub.add_parser("rollback", help="serve the version champion replaced (or --version) and move champion to it")
     _common(p, run_key=False)
-    p.add_argument("--reason", default="manual rollback", help="recorded in the alias audit log")
+    p.add_argument("--reason", default="manual rollback", help="recorded in the alias ledger")
+    p.add_argument("--version", help="the registered version to return to (default: the one champion replaced)")
     p = sub.add_parser("status", help="champion, challenger, alias log and what the local target serves")
     _common(p, run_key=False)
     sub.add_parser("serve", help="run the ONNX server (same flags as `python -m ml.serving --help`)",
@@ -136,10 +138,10 @@ def _status(config: Any) -> dict[str, Any]:
                               "serving": is_serving(state)} if state else None)}
 
 
-def _rollback(config: Any, reason: str) -> dict[str, Any]:
+def _rollback(config: Any, reason: str, version: str | None) -> dict[str, Any]:
     from ml.pipeline import rollback
 
-    record, promotion = rollback(config, reason)
+    record, promotion = rollback(config, reason, version=version)
     return {"model": config.name, "run_key": record.run_key, "status": record.status,
             "rolled_back_from": promotion.previous, "champion": promotion.version, "move": promotion.move.to_dict(),
             "deployment": record.deployment}
@@ -201,12 +203,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         _emit(_status(config))
         return 0
     if args.command == "rollback":
-        _emit(_rollback(config, args.reason))
+        _emit(_rollback(config, args.reason, args.version))
         return 0
 
     from ml.pipeline import deploy_version, run_pipeline, run_step
     from ml.record import finish_run
-    from ml.state import Step
+    from ml.state import RunState, Step
     from ml.tracking import open_run
 
     if args.command == "run":
@@ -231,7 +233,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         result = run_step(step, ctx, **kwargs).result
     except CTError:
-        stored = ctx.load_state().record(step)
+        stored = RunState.load(ctx).record(step)
         if stored is not None and stored.result is not None:  # the outcome (a rolled-back deploy) as JSON
             _emit({"run_key": key, **stored.result.to_dict()})
         raise

@@ -35,9 +35,30 @@ class Features(_Strict):
         return [*self.numeric, *self.categorical]
 
 
+_WINDOW_RE = re.compile(r"^(?P<n>[1-9][0-9]*)(?P<unit>[hd])$")
+
+
 class DataSources(_Strict):
     reference: str
     current: str | None = None
+    #: How far back a prediction-log current window reaches: null = everything logged, "<N>d" / "<N>h" = the
+    #: last N days / hours before the run, "since_champion" = since the champion was promoted.
+    current_window: str | None = None
+
+    @field_validator("current_window")
+    @classmethod
+    def _window_span(cls, value: str | None) -> str | None:
+        if value is not None and value != "since_champion" and not _WINDOW_RE.match(value):
+            raise ValueError(f"expected null, '<N>d', '<N>h' or 'since_champion', got {value!r}")
+        return value
+
+    @property
+    def current_window_hours(self) -> int | None:
+        """The window's span in hours when it is a fixed span ("7d" -> 168), else None."""
+        match = _WINDOW_RE.match(self.current_window or "")
+        if match is None:
+            return None
+        return int(match["n"]) * (24 if match["unit"] == "d" else 1)
 
 
 class ColumnRule(_Strict):
@@ -51,6 +72,9 @@ class ContractConfig(_Strict):
     min_rows: int = Field(default=20, ge=1)
     max_null_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
     on_unseen_category: Literal["fail", "warn"] = "fail"
+    #: Rows of the current window whose category the reference never saw, per column: up to this fraction
+    #: they are a warning (counted in the record); above it `on_unseen_category` decides.
+    max_unseen_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
     columns: dict[str, ColumnRule] = Field(default_factory=dict)
 
 
@@ -305,6 +329,33 @@ class NotifyConfig(_Strict):
     connection_id: str | None = None
 
 
+class ScheduleSpec(_Strict):
+    """`schedule:` as a mapping: a cron expression or preset, Assets whose events start a run, or both
+    (a run on either)."""
+
+    cron: str | None = None
+    #: `current_window` (this model's current-window Asset) or Asset URIs (an upstream DAG's outlets).
+    assets: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> ScheduleSpec:
+        if self.cron is None and not self.assets:
+            raise ValueError("give a cron expression, assets, or both (null = manual runs only)")
+        return self
+
+
+class PromotionConfig(_Strict):
+    """Who moves `champion`: `auto` (the pipeline, once the version serves) or `required` (a person
+    approves in Airflow before the version is deployed; no answer within approval_timeout_h = rejected)."""
+
+    approval: Literal["auto", "required"] = "auto"
+    approval_timeout_h: float = Field(default=72.0, gt=0.0)
+
+    @property
+    def approval_required(self) -> bool:
+        return self.approval == "required"
+
+
 class ModelConfig(_Strict):
     name: str
     task: Literal["binary", "multiclass"] = "binary"
@@ -322,8 +373,23 @@ class ModelConfig(_Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    #: The model's DAG schedule: a cron expression or preset, a ScheduleSpec, or null (manual and API runs
+    #: only). Not set: $CT_SCHEDULE, else @daily.
+    schedule: str | ScheduleSpec | None = None
+    #: execution_timeout of every Airflow task of the model (remote steps: at least their own timeout).
+    task_timeout_s: int = Field(default=3600, ge=60)
     #: Where the config was read from (not a YAML key); relative data paths resolve against it.
     source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_shape(cls, value: Any) -> Any:
+        if value is None or isinstance(value, (str, ScheduleSpec)):
+            return value
+        if isinstance(value, dict):
+            return ScheduleSpec.model_validate(value)
+        raise ValueError("expected a cron expression or preset ('@daily'), a mapping {cron, assets}, or null")
 
     @field_validator("name")
     @classmethod
@@ -356,6 +422,11 @@ class ModelConfig(_Strict):
             if stray:
                 raise ValueError(f"{section}: {stray} are not features, the target or the sensitive feature")
         return self
+
+    @property
+    def schedule_is_set(self) -> bool:
+        """Whether the file says `schedule:` (null included), rather than leaving the default to the DAG."""
+        return "schedule" in self.model_fields_set
 
     @property
     def feature_columns(self) -> list[str]:

@@ -122,10 +122,14 @@ def _check_categories(config: ModelConfig, reference: pd.DataFrame, current: pd.
         cur = current[col].dropna()
         unseen = cur[~cur.map(label_key).isin(known)]
         if len(unseen):
-            message = (f"column '{col}' in current window has {len(unseen)} rows with categories never seen in "
-                       f"reference, e.g. {_examples(unseen)}")
-            if config.contract.on_unseen_category == "fail":
-                problems.append(message + " (set contract.on_unseen_category: warn to accept them)")
+            share, limit = len(unseen) / len(current), config.contract.max_unseen_fraction
+            message = (f"column '{col}' in current window has {len(unseen)} rows ({share:.1%}) with categories "
+                       f"never seen in reference, e.g. {_examples(unseen)}")
+            if share <= limit:  # a few odd requests never block a window (contract.max_unseen_fraction)
+                warnings.append(f"{message}: within contract.max_unseen_fraction {limit:.1%}")
+            elif config.contract.on_unseen_category == "fail":
+                problems.append(f"{message}: above contract.max_unseen_fraction {limit:.1%} (raise it, or set "
+                                "contract.on_unseen_category: warn to accept them)")
             else:
                 warnings.append(message)
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ml.errors import DataError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import numpy as np
     import pandas as pd
 
@@ -102,11 +104,13 @@ def _read_one(path: Path) -> pd.DataFrame:
     raise DataError(f"{path}: unsupported format '{path.suffix}' (use {', '.join(SUFFIXES)})")
 
 
-def read_window(path: str, label_column: str | None = None) -> Window:
+def read_window(path: str, label_column: str | None = None, *, since: datetime | None = None,
+                until: datetime | None = None) -> Window:
     """Read a window from a local path (file or folder) or a URI pandas can open (s3://, gs://...).
 
     A folder written by the model server (a prediction log, ml.predlog) is read as its predictions'
-    features plus `label_column`, filled from the feedback sent to the server (NaN where none came).
+    features plus `label_column`, filled from the feedback sent to the server (NaN where none came),
+    the predictions made in [since, until] only (`data.current_window`), smoke-test traffic left out.
     """
     import pandas as pd
 
@@ -121,9 +125,11 @@ def read_window(path: str, label_column: str | None = None) -> Window:
     from ml.predlog import META_COLUMNS, is_prediction_log, read_prediction_log
 
     if is_prediction_log(local):
-        frame = read_prediction_log(local, label_column=label_column).drop(columns=list(META_COLUMNS))
+        frame = read_prediction_log(local, label_column=label_column, since=since,
+                                    until=until).drop(columns=list(META_COLUMNS))
         if frame.empty:
-            raise DataError(f"prediction log {local} holds no predictions yet: nothing to check")
+            span = f" between {since or 'the start'} and {until or 'now'}" if since or until else " yet"
+            raise DataError(f"prediction log {local} holds no predictions{span}: nothing to check")
         return Window(frame=frame, path=str(local), sha256=sha256_of(local))
     files = _files(local)
     frames = [_read_one(f) for f in files]

@@ -2,7 +2,7 @@
 
     check:   validate -> drift -> performance -> decide
     retrain: train -> gates -> register              (only when decide says retrain)
-    release: deploy -> promote
+    release: [approve ->] deploy -> promote    (approve only with promotion.approval: required)
 
 `run_step` runs one step (what each Airflow task and each `python -m ml <step>` does): it reads the run
 state once, calls the step function (ml.steps), stores the step's record (result or error) in the run's
@@ -10,7 +10,8 @@ MLflow state, and raises when the outcome must stop the run (`ml.state.step_erro
 gate failed, the deploy rolled back), so Airflow shows the failing task with the message.
 `run_pipeline` chains the steps in one process (`python -m ml run`) with exactly the functions the DAG
 uses, in the same order. `rollback` and `deploy_version` are the operator's actions, recorded as runs of
-their own through the same step machinery: a decision (the operator's), deploy, and for rollback promote.
+their own through the same step machinery: a decision (the operator's), deploy, promote. Both keep
+`champion` naming what serves: the alias moves only after the version serves, smoke-tested.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ml.decision import Decision
 from ml.errors import CTError, DeployError, StateError
+from ml.registry import Approval
 from ml.state import CHECK_STEPS, RETRAIN_STEPS, RunState, Step, StepError, StepRecord, new_attempt, step_error
 from ml.steps import StepRun, check, release, retrain
 
@@ -39,8 +41,16 @@ log = logging.getLogger(__name__)
 STEP_FUNCTIONS: dict[Step, Callable[..., Result]] = {
     Step.VALIDATE: check.validate, Step.DRIFT: check.drift, Step.PERFORMANCE: check.performance,
     Step.DECIDE: check.decide, Step.TRAIN: retrain.train, Step.GATES: retrain.gates, Step.REGISTER: retrain.register,
-    Step.DEPLOY: release.deploy, Step.PROMOTE: release.promote,
+    Step.APPROVE: release.approve, Step.DEPLOY: release.deploy, Step.PROMOTE: release.promote,
 }
+
+
+def retrain_steps(config: ModelConfig) -> tuple[Step, ...]:
+    """The steps after `decide` says retrain: with `promotion.approval: required`, approve before deploy."""
+    if not config.promotion.approval_required:
+        return RETRAIN_STEPS
+    at = RETRAIN_STEPS.index(Step.DEPLOY)
+    return (*RETRAIN_STEPS[:at], Step.APPROVE, *RETRAIN_STEPS[at:])
 
 
 def run_step(step: Step | str, ctx: RunContext, *, state: RunState | None = None, **kwargs: Any) -> StepRecord:
@@ -49,7 +59,7 @@ def run_step(step: Step | str, ctx: RunContext, *, state: RunState | None = None
     step = Step(step)
     opens = step is Step.VALIDATE
     if state is None:  # validate opens a new attempt: nothing earlier is current
-        state = RunState(ctx.run_key) if opens else ctx.load_state()
+        state = RunState(ctx.run_key) if opens else RunState.load(ctx)
     attempt = new_attempt() if opens else state.attempt
     if attempt is None:
         raise StateError(f"run {ctx.run_key!r} has no attempt to join: start it with `validate-data` (same "
@@ -92,12 +102,16 @@ def run_pipeline(config: ModelConfig, run_key: str, *, force_retrain: bool = Fal
     kwargs: dict[Step, dict[str, Any]] = {Step.VALIDATE: {"dag_id": dag_id, "dag_run_id": dag_run_id},
                                           Step.DECIDE: {"force_retrain": force_retrain}}
     try:
-        state = ctx.load_state()  # earlier attempts count for train's once-per-run registration
+        state = RunState.load(ctx)  # earlier attempts count for train's once-per-run registration
         for step in CHECK_STEPS:
             state = state.with_record(run_step(step, ctx, state=state, **kwargs.get(step, {})))
         if state.get(Step.DECIDE, Decision).decision == "retrain":  # type: ignore[union-attr]
-            for step in RETRAIN_STEPS:
+            for step in retrain_steps(config):
                 state = state.with_record(run_step(step, ctx, state=state))
+                approval = state.get(Step.APPROVE, Approval)
+                if approval is not None and not approval.approved:
+                    log.warning("%s", approval.detail)  # nobody can approve here: stop before the deploy
+                    break
     except CTError as exc:
         log.error("%s", exc)
     except Exception:
@@ -109,24 +123,23 @@ def _operation_key(kind: str) -> str:
     return f"{kind}-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def _release(config: ModelConfig, decision: Decision, version: str, *,
-             promote_reason: str | None) -> tuple[RunRecord, DeployResult, Promotion | None]:
-    """An operator's release as a run of its own: the decision, deploy `version`, then (if a reason for the
-    alias move is given) promote it. Returns the record and what deploy and promote did."""
+def _release(config: ModelConfig, decision: Decision, version: str, *, reason: str,
+             kind: Literal["promote", "rollback"],
+             run_key: str | None = None) -> tuple[RunRecord, DeployResult, Promotion | None]:
+    """An operator's release as a run of its own: the decision, deploy `version`, then promote it (the alias
+    moves only once the version serves). Returns the record and what deploy and promote did."""
     from ml.deploy import DeployResult
     from ml.record import finish_run
     from ml.registry import Promotion
     from ml.tracking import open_run
 
-    ctx = open_run(config, _operation_key(decision.decision))
+    ctx = open_run(config, run_key or _operation_key(decision.decision))
     opened = StepRecord(Step.DECIDE, new_attempt(), result=decision, opens_attempt=True)
     ctx.save_record(opened)
     state = RunState(ctx.run_key).with_record(opened)
     try:
         state = state.with_record(run_step(Step.DEPLOY, ctx, state=state, version=version))
-        if promote_reason is not None:
-            state = state.with_record(run_step(Step.PROMOTE, ctx, state=state, reason=promote_reason,
-                                               kind="rollback" if decision.decision == "rollback" else "promote"))
+        state = state.with_record(run_step(Step.PROMOTE, ctx, state=state, reason=reason, kind=kind))
     except DeployError:
         pass  # the record says how the deploy ended
     finally:
@@ -137,22 +150,61 @@ def _release(config: ModelConfig, decision: Decision, version: str, *,
     return record, deployed, state.get(Step.PROMOTE, Promotion)
 
 
-def rollback(config: ModelConfig, reason: str) -> tuple[RunRecord, Promotion]:
-    """Serve the version the champion replaced (smoke-tested) and move `champion` back: one action."""
+def _finished_operation(config: ModelConfig, run_key: str) -> tuple[RunRecord, Promotion] | None:
+    """The record and promotion of an operation run that already promoted (a retried rollback task)."""
+    from ml.record import build_record
+    from ml.registry import Promotion
+    from ml.tracking import open_run
+
+    ctx = open_run(config, run_key)
+    state = RunState.load(ctx)
+    promotion = state.get(Step.PROMOTE, Promotion)
+    if promotion is None or not promotion.promoted:
+        return None
+    log.info("run %s already moved champion to v%s: not rolling back again", run_key, promotion.version)
+    return build_record(state, model=config.name, run_id=ctx.mlflow_run_id), promotion
+
+
+def rollback(config: ModelConfig, reason: str, *, version: str | None = None,
+             run_key: str | None = None) -> tuple[RunRecord, Promotion]:
+    """Serve `version` (default: the version the champion replaced), smoke-tested, and move `champion` to it:
+    one action, recorded as a run of its own (`run_key`, default rollback-<time>). Re-running the same
+    `run_key` after it promoted returns that result instead of rolling back one version further."""
     from ml.registry import rollback_target
     from ml.tracking import mlflow_client
 
-    current, target = rollback_target(mlflow_client(), config.name)
-    decision = Decision("rollback", f"rollback of v{current}: {reason}", ["manual"])
-    record, deployed, promotion = _release(config, decision, target, promote_reason=decision.reason)
+    if run_key is not None and (done := _finished_operation(config, run_key)) is not None:
+        return done
+    client = mlflow_client()
+    if version is None:
+        current, target = rollback_target(client, config.name)
+    else:
+        target = str(version)
+        current = _champion_version(client, config.name)
+        if current == target:
+            raise StateError(f"v{target} is already the champion of '{config.name}': nothing to roll back to")
+        known = sorted((str(v.version) for v in client.search_model_versions(f"name='{config.name}'")), key=int)
+        if target not in known:
+            raise StateError(f"'{config.name}' has no version {target} (registered: {', '.join(known) or 'none'})")
+    decision = Decision("rollback", f"rollback of v{current} to v{target}: {reason}", ["manual"])
+    record, deployed, promotion = _release(config, decision, target, reason=decision.reason, kind="rollback",
+                                           run_key=run_key)
     if promotion is None:
         raise DeployError(f"rollback to v{target} failed to deploy ({deployed.detail}); champion stays v{current}")
     return record, promotion
 
 
+def _champion_version(client: Any, name: str) -> str | None:
+    from ml.registry import CHAMPION, version_by_alias
+
+    champion = version_by_alias(client, name, CHAMPION)
+    return str(champion.version) if champion is not None else None
+
+
 def deploy_version(config: ModelConfig, version: str) -> tuple[RunRecord, DeployResult]:
-    """Serve a registered version on the deploy target (smoke-tested, rolled back on failure); the
-    `champion` alias does not move."""
+    """Serve a registered version on the deploy target (smoke-tested, rolled back on failure) and move
+    `champion` to it, so the alias and the served version stay in step. A failed deploy leaves both as
+    they were (the previous version restored, champion unmoved)."""
     decision = Decision("deploy", f"manual deploy of v{version}", ["manual"])
-    record, deployed, _ = _release(config, decision, version, promote_reason=None)
+    record, deployed, _ = _release(config, decision, str(version), reason=decision.reason, kind="promote")
     return record, deployed

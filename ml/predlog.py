@@ -18,6 +18,14 @@ Prediction line::
 Feedback line: ``{"prediction_id": "3f2a...", "timestamp": "...", "label": "1"}``.
 The date partition is the UTC date of the line's timestamp.
 
+Traffic that is not users': a request with the header ``X-CT-Traffic: smoke`` (what every deploy's smoke
+test sends, ml.deploy.smoke) is logged with ``"traffic": "smoke"``; the reader leaves those lines out of
+the window unless asked. Any other value is logged as given; lines without the key are users' traffic.
+
+Windows bounded by time: `read_prediction_log(..., since=, until=)` keeps the predictions whose timestamp is
+in [since, until]; `window_since` turns the config's `data.current_window` ("7d", "24h", "since_champion")
+into that `since`.
+
 Writing never blocks a request: `PredictionLogWriter.log_prediction` appends to a bounded in-memory
 queue; a background thread writes in batches every `flush_interval_s` and flushes, and `close()`
 drains the queue and fsyncs. When the queue is full the record is dropped and counted (the caller
@@ -48,6 +56,10 @@ PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 #: Columns `read_prediction_log` adds next to the features.
 META_COLUMNS = ("prediction_id", "timestamp", "model_version", "prediction")
+#: The request header that marks traffic that is not users' (lower case, as ASGI delivers it), and the value
+#: the smoke test sends.
+TRAFFIC_HEADER = "x-ct-traffic"
+SMOKE = "smoke"
 _PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _MAX_BATCH_LINES = 10_000
 
@@ -118,9 +130,12 @@ class PredictionLogWriter:
         return True
 
     def log_prediction(self, prediction_id: str, timestamp: float, model_version: str,
-                       features: dict[str, Any], label: str, probabilities: dict[str, float]) -> bool:
-        """Queue one prediction (timestamp: POSIX seconds). False when it had to be dropped."""
-        return self._enqueue((PREDICTIONS, timestamp, prediction_id, model_version, features, label, probabilities))
+                       features: dict[str, Any], label: str, probabilities: dict[str, float],
+                       traffic: str | None = None) -> bool:
+        """Queue one prediction (timestamp: POSIX seconds; `traffic`: the X-CT-Traffic header, None for users).
+        False when it had to be dropped."""
+        return self._enqueue((PREDICTIONS, timestamp, prediction_id, model_version, features, label, probabilities,
+                              traffic))
 
     def log_feedback(self, prediction_id: str, timestamp: float, label: str) -> bool:
         """Queue one feedback label for an earlier prediction. False when it had to be dropped."""
@@ -150,6 +165,8 @@ class PredictionLogWriter:
             if kind == PREDICTIONS:
                 record = {"prediction_id": item[2], "timestamp": stamp, "model_version": item[3],
                           "features": item[4], "output": {"label": item[5], "probabilities": item[6]}}
+                if item[7] is not None:
+                    record["traffic"] = item[7]
             else:
                 record = {"prediction_id": item[2], "timestamp": stamp, "label": item[3]}
             batches.setdefault((kind, stamp[:10]), []).append(encode(record) + b"\n")
@@ -279,15 +296,77 @@ def read_feedback(path: str | Path, start: date | str | None = None) -> pd.DataF
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
+def window_since(current_window: str | None, *, as_of: datetime, champion_promoted_at: str | None = None
+                 ) -> datetime | None:
+    """The oldest prediction time a window takes (`data.current_window`): None (everything), "<N>d"/"<N>h"
+    before `as_of`, or "since_champion" (when the champion was promoted; everything while there is none)."""
+    from datetime import timedelta
+
+    if current_window is None:
+        return None
+    if current_window == "since_champion":
+        if not champion_promoted_at:
+            return None
+        promoted = datetime.fromisoformat(champion_promoted_at)
+        return promoted if promoted.tzinfo else promoted.replace(tzinfo=UTC)
+    count, unit = int(current_window[:-1]), current_window[-1]
+    return as_of - timedelta(hours=count * (24 if unit == "d" else 1))
+
+
+def _days(start: date | str | None, end: date | str | None, since: datetime | None,
+          until: datetime | None) -> tuple[date | None, date | None]:
+    """The partition days to read: the dates given, narrowed to the days of `since`/`until`."""
+    start_d, end_d = _as_date(start, "start"), _as_date(end, "end")
+    if since is not None:
+        start_d = max(filter(None, (start_d, since.astimezone(UTC).date())))
+    if until is not None:
+        end_d = min(filter(None, (end_d, until.astimezone(UTC).date())))
+    if start_d and end_d and start_d > end_d:
+        raise DataError(f"start {start_d} is after end {end_d}")
+    return start_d, end_d
+
+
+def _prediction_rows(files: list[Path], include_smoke: bool) -> tuple[list[dict[str, Any]], dict[str, None], int]:
+    """(rows, feature names in order of appearance, smoke-test lines left out)."""
+    rows: list[dict[str, Any]] = []
+    feature_names: dict[str, None] = {}
+    smoke = 0
+    for record in _records(files):
+        if not include_smoke and record.get("traffic") == SMOKE:
+            smoke += 1
+            continue
+        features = record.get("features") or {}
+        feature_names.update(dict.fromkeys(features))
+        output = record.get("output") or {}
+        rows.append({**features, "prediction_id": record["prediction_id"], "timestamp": record.get("timestamp"),
+                     "model_version": record.get("model_version"), "prediction": output.get("label")})
+    return rows, feature_names, smoke
+
+
+def _within(frame: pd.DataFrame, since: datetime | None, until: datetime | None) -> pd.DataFrame:
+    import pandas as pd
+
+    if since is None and until is None:
+        return frame
+    keep = pd.Series(True, index=frame.index)
+    if since is not None:
+        keep &= frame["timestamp"] >= pd.Timestamp(since)
+    if until is not None:
+        keep &= frame["timestamp"] <= pd.Timestamp(until)
+    return frame[keep].reset_index(drop=True)
+
+
 def read_prediction_log(path: str | Path, label_column: str | None = None, start: date | str | None = None,
-                        end: date | str | None = None) -> pd.DataFrame:
+                        end: date | str | None = None, *, since: datetime | None = None,
+                        until: datetime | None = None, include_smoke: bool = False) -> pd.DataFrame:
     """One row per logged prediction: its features, `prediction_id`, `timestamp` (UTC), `model_version`,
     the predicted label as `prediction` and, when `label_column` is given (the config's target), that
     column filled from feedback (the latest label per prediction wins; NaN where none came back).
 
-    `start`/`end` (dates, inclusive) select prediction partitions; feedback is read from `start` on
-    with no end, because labels arrive after their predictions. No predictions -> an empty frame with
-    the meta columns.
+    `start`/`end` (dates, inclusive) select prediction partitions, `since`/`until` (aware datetimes,
+    inclusive) the predictions by their timestamp; feedback is read from the first day on with no end,
+    because labels arrive after their predictions. Smoke-test traffic is left out unless `include_smoke`.
+    No predictions -> an empty frame with the meta columns.
     """
     import numpy as np
     import pandas as pd
@@ -295,32 +374,26 @@ def read_prediction_log(path: str | Path, label_column: str | None = None, start
     root = Path(str(path).removeprefix("file://"))
     if not is_prediction_log(root):
         raise DataError(f"{root} is not a prediction log (no '{PREDICTIONS}/' folder inside)")
-    start_d, end_d = _as_date(start, "start"), _as_date(end, "end")
-    if start_d and end_d and start_d > end_d:
-        raise DataError(f"start {start_d} is after end {end_d}")
+    start_d, end_d = _days(start, end, since, until)
     files = _partition_files(root, PREDICTIONS, start_d, end_d)
-    rows: list[dict[str, Any]] = []
-    feature_names: dict[str, None] = {}
-    for record in _records(files):
-        features = record.get("features") or {}
-        feature_names.update(dict.fromkeys(features))
-        output = record.get("output") or {}
-        rows.append({**features, "prediction_id": record["prediction_id"], "timestamp": record.get("timestamp"),
-                     "model_version": record.get("model_version"), "prediction": output.get("label")})
+    rows, feature_names, smoke = _prediction_rows(files, include_smoke)
     reserved = {*META_COLUMNS, *([label_column] if label_column else [])}
     clash = sorted(reserved & set(feature_names))
     if clash:
         raise DataError(f"prediction log {root}: feature(s) {clash} collide with the columns "
                         f"{sorted(reserved)} this reader adds; rename the feature or the label column")
-    columns = [*feature_names, *META_COLUMNS]
-    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame = pd.DataFrame.from_records(rows, columns=[*feature_names, *META_COLUMNS])
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+    frame = _within(frame, since, until)
     frame["model_version"] = frame["model_version"].astype(object)
     if label_column:
         feedback = read_feedback(root, start_d)
         latest = feedback.drop_duplicates("prediction_id", keep="last").set_index("prediction_id")["label"]
         frame[label_column] = frame["prediction_id"].map(latest).astype(object)
         frame.loc[frame[label_column].isna(), label_column] = np.nan
-    log.info("read prediction log %s: %d prediction(s) from %d file(s)%s", root, len(frame), len(files),
-             f", {int(frame[label_column].notna().sum())} labelled" if label_column else "")
+    log.info("read prediction log %s: %d prediction(s) from %d file(s)%s%s%s", root, len(frame), len(files),
+             f", {int(frame[label_column].notna().sum())} labelled" if label_column else "",
+             f", {smoke} smoke-test line(s) left out" if smoke else "",
+             f" (window {since.isoformat() if since else '...'} to {until.isoformat() if until else '...'})"
+             if since or until else "")
     return frame

@@ -5,8 +5,9 @@ so a run that failed half-way still gets a complete, honest record. `finish_run`
 writes it: to the MLflow run (artifact `run_record.json`, tags, run status) and to the run folder.
 
 status: promoted | skipped | blocked (data contract) | rejected (a gate failed)
+        | not_approved (promotion.approval: required, and the version was rejected, timed out or is pending)
         | rolled_back (deploy failed, previous version restored) | failed (a step errored)
-        | deployed (`python -m ml deploy --version`: serving, champion unchanged)
+        | deployed (a deploy that moved no alias)
 
 Outcomes: a run that decided correctly succeeds (promoted, skipped, deployed, and a challenger rejected
 while a healthy champion serves on); blocked data, a decayed champion with no acceptable challenger, a
@@ -26,7 +27,7 @@ from ml.decision import Decision, PerformanceResult
 from ml.deploy import DeployResult
 from ml.drift import DriftResult
 from ml.gates import GateReport
-from ml.registry import Promotion, Registration
+from ml.registry import Approval, Promotion, Registration
 from ml.result import Result
 from ml.state import RunState, Step
 from ml.train import TrainResult
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Status = Literal["promoted", "skipped", "blocked", "rejected", "rolled_back", "failed", "deployed"]
+Status = Literal["promoted", "skipped", "blocked", "rejected", "not_approved", "rolled_back", "failed", "deployed"]
 FAILED_STATUSES = ("blocked", "rejected", "rolled_back", "failed")
 #: Decisions of runs that are an operator's action rather than the pipeline's checks.
 OPERATIONS = ("rollback", "deploy")
@@ -78,6 +79,8 @@ class RunRecord(Result):
     notify: str | None = None
     #: seconds each step of the attempt took (the step function, not the process around it)
     timings: dict[str, float] = field(default_factory=dict)
+    #: null unless promotion.approval is required: version, decision, by, at, detail
+    approval: dict[str, Any] | None = None
 
     def failure(self) -> str | None:
         """Why the run counts as failed (None when it decided correctly: see the module docstring)."""
@@ -121,6 +124,9 @@ def run_status(state: RunState) -> Status:
     report = state.get(Step.GATES, GateReport)
     if report is not None and not report.passed:
         return "rejected"
+    approval = state.get(Step.APPROVE, Approval)
+    if approval is not None and not approval.approved:
+        return "not_approved"
     deployed = state.get(Step.DEPLOY, DeployResult)
     if deployed is not None and not deployed.ok:
         return "rolled_back" if deployed.rolled_back else "failed"
@@ -198,14 +204,17 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
         champion_kept=bool(report and report.champion_kept),
         timings={str(step): record.seconds for step in Step
                  if (record := state.record(step)) is not None and record.seconds is not None},
+        approval=approval.to_dict() if (approval := state.get(Step.APPROVE, Approval)) is not None else None,
     )
     return replace(record, notify=_notify(decision, record.failure()))
 
 
 def finish_run(ctx: RunContext) -> RunRecord:
-    """Build the record from the stored state and write it to MLflow (artifact, tags, run status) and the
-    run folder."""
-    record = build_record(ctx.load_state(), model=ctx.config.name, run_id=ctx.mlflow_run_id)
+    """Build the record from the stored state and write it to MLflow (artifact, tags, the run's description,
+    run status) and the run folder."""
+    from ml.explain import run_note
+
+    record = build_record(RunState.load(ctx), model=ctx.config.name, run_id=ctx.mlflow_run_id)
     document = record.to_dict()
     ctx.client.log_dict(ctx.mlflow_run_id, document, "run_record.json")
     (ctx.work_dir / "run_record.json").write_text(json.dumps(document, indent=2, default=str))
@@ -213,6 +222,7 @@ def finish_run(ctx: RunContext) -> RunRecord:
     ctx.client.set_tag(ctx.mlflow_run_id, "ct.decision", record.decision)
     if record.reason:
         ctx.client.set_tag(ctx.mlflow_run_id, "ct.reason", str(record.reason)[:4000])
+    ctx.describe(run_note(record))
     ctx.client.set_terminated(ctx.mlflow_run_id, "FAILED" if record.failure() else "FINISHED")
     log.info("run record: %s", json.dumps(document, default=str))
     return record

@@ -3,8 +3,13 @@
 - A version is registered only for a challenger that passed every gate, at most once per pipeline
   run: `register_version` first looks for a version created from the same MLflow run.
 - Aliases: `challenger` = the last version that passed training and gates; `champion` = the version
-  serving. Every alias move is appended to the registered model's tag `ct.alias_log` (who, what,
-  why, previous) and stamped on the version, so `rollback` is one action.
+  serving. Every alias move is recorded in the model's *alias ledger* (who, what, why, previous) and
+  stamped on the version, so `rollback` is one action.
+- The alias ledger is complete and unbounded: one JSON file per move (`alias_moves/<time>-<id>.json`)
+  in the model's ledger run (an MLflow run tagged `ct.alias_ledger`, in the model's experiment). A move
+  adds a file and never rewrites one, so concurrent moves cannot drop each other and nothing is ever
+  trimmed. The registered model's `ct.alias_ledger_run` tag names the run; the capped `ct.alias_log` tag
+  of earlier versions of this project is still read.
 - The ONNX file is the artifact of the version; `fetch_onnx` verifies it against the `ct.onnx_sha256`
   tag before anyone serves it.
 """
@@ -20,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ml.errors import RegistryError
 from ml.result import Result
@@ -39,9 +44,13 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: The capped JSON tag earlier versions kept the alias log in; read, never written.
 ALIAS_LOG_TAG = "ct.alias_log"
+LEDGER_TAG = "ct.alias_ledger"  # on the ledger run: the model's name
+LEDGER_POINTER_TAG = "ct.alias_ledger_run"  # on the registered model: the ledger run's id
+LEDGER_FOLDER = "alias_moves"
 SHA_TAG = "ct.onnx_sha256"
-_LOG_LIMIT = 4500  # MLflow caps tag values at 5000 characters
+CONFIG_SHA_TAG = "ct.config_sha256"
 
 
 @dataclass(frozen=True)
@@ -70,12 +79,35 @@ class Registration(Result):
 class Promotion(Result):
     """The promote step's result: `champion` now names `version` (it named `previous`)."""
 
-    summary_fields = ("version", "previous", "promoted")
+    summary_fields = ("version", "previous", "promoted", "sha256")
 
     version: str
     previous: str | None
     promoted: bool
     move: AliasMove
+    #: the ONNX file's sha256 (the version's ct.onnx_sha256): what the model Asset event carries
+    sha256: str | None = None
+
+
+ApprovalDecision = Literal["approved", "rejected", "timed_out", "pending"]
+
+
+@dataclass(frozen=True)
+class Approval(Result):
+    """The approve step's result (`promotion.approval: required`): who decided about `version`, and when.
+    Only an approved version is deployed and promoted; `pending` = nobody could answer (a run outside Airflow)."""
+
+    summary_fields = ("version", "decision", "by", "at")
+
+    version: str
+    decision: ApprovalDecision
+    by: str | None = None
+    at: str | None = None
+    detail: str = ""
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approved"
 
 
 def actor() -> str:
@@ -149,33 +181,83 @@ def version_tags(*, run_key: str, mlflow_run_id: str, code_version: str, validat
 
 
 def register_version(client: MlflowClient, name: str, model_uri: str, model_id: str | None,
-                     mlflow_run_id: str, tags: dict[str, str]) -> tuple[ModelVersion, bool]:
-    """Register the run's model once; returns (version, created). A re-run returns the same version."""
+                     mlflow_run_id: str, tags: dict[str, str],
+                     description: str | None = None) -> tuple[ModelVersion, bool]:
+    """Register the run's model once; returns (version, created). A re-run returns the same version.
+    `description` (Markdown) is the version's description in the MLflow UI."""
     ensure_registered_model(client, name)
     existing = version_for_run(client, name, mlflow_run_id)
     if existing is not None:
         log.info("run already registered %s v%s: not creating another version", name, existing.version)
         return existing, False
     version = client.create_model_version(name, source=model_uri, run_id=mlflow_run_id,
-                                          tags={k: str(v)[:5000] for k, v in tags.items()}, model_id=model_id)
+                                          tags={k: str(v)[:5000] for k, v in tags.items()}, model_id=model_id,
+                                          description=description[:5000] if description else None)
     log.info("registered %s v%s from %s", name, version.version, model_uri)
     return version, True
 
 
+def _ledger_runs(client: MlflowClient, name: str) -> list[str]:
+    """Every ledger run of the model (normally one; two if two first moves raced), oldest first."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{LEDGER_TAG}` = '{name}'",
+                              order_by=["attributes.start_time ASC"], max_results=50)
+    return [run.info.run_id for run in runs]
+
+
+def _ledger_run(client: MlflowClient, name: str) -> str:
+    """The model's ledger run, created (in the model's experiment) on the first alias move."""
+    from ml.tracking import get_or_create_experiment
+
+    pointer = (client.get_registered_model(name).tags or {}).get(LEDGER_POINTER_TAG)
+    if pointer:
+        return pointer
+    found = _ledger_runs(client, name)
+    if found:
+        return found[0]
+    run = client.create_run(get_or_create_experiment(client, name), run_name=f"{name} alias ledger",
+                            tags={LEDGER_TAG: name, "mlflow.note.content": (
+                                f"Every move of an alias of registered model `{name}`: one JSON file per move "
+                                f"under `{LEDGER_FOLDER}/` (written by ct-retraining, never rewritten).")})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_registered_model_tag(name, LEDGER_POINTER_TAG, run.info.run_id)
+    return run.info.run_id
+
+
+def _record_move(client: MlflowClient, name: str, move: AliasMove) -> None:
+    """Append one move to the ledger: a new file named by the time (microseconds) and a random id."""
+    import uuid
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    client.log_dict(_ledger_run(client, name), move.to_dict(), f"{LEDGER_FOLDER}/{stamp}-{uuid.uuid4().hex[:8]}.json")
+
+
 def alias_log(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every recorded alias move of the model, oldest first: the legacy tag's entries, then the ledger."""
     model = client.get_registered_model(name)
     raw = (model.tags or {}).get(ALIAS_LOG_TAG)
-    return json.loads(raw) if raw else []
+    entries: list[dict[str, Any]] = json.loads(raw) if raw else []
+    files: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, run_id in enumerate(_ledger_runs(client, name)):
+            if not client.list_artifacts(run_id, LEDGER_FOLDER):
+                continue
+            folder = Path(client.download_artifacts(run_id, LEDGER_FOLDER, str(Path(tmp) / str(i))))
+            files += folder.glob("*.json")
+        moves = [json.loads(path.read_text()) for path in sorted(files, key=lambda p: p.name)]
+    return entries + moves
 
 
 def move_alias(client: MlflowClient, name: str, alias: str, version: str, reason: str,
                kind: str = "promote") -> AliasMove:
     """Point `alias` at `version` and record the move. Moving it where it already points is a no-op
-    (returns the recorded move) so re-runs do not flood the audit log.
+    (returns the recorded move) so re-runs do not flood the ledger.
 
-    The record (version tags and the `ct.alias_log` entry) is written *before* the alias moves: a
-    failure in between leaves at worst a record of a move that a retry then makes, never a moved alias
-    without its record (rollback depends on it).
+    The record (version tags and the ledger entry) is written *before* the alias moves: a failure in
+    between leaves at worst a record of a move that a retry then makes, never a moved alias without its
+    record (rollback depends on it).
     """
     current = version_by_alias(client, name, alias)
     previous = str(current.version) if current is not None else None
@@ -190,12 +272,7 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: str, reason
     for key, value in (("previous", move.previous or ""), ("by", move.by), ("at", move.at),
                        ("reason", reason[:4000]), ("kind", kind)):
         client.set_model_version_tag(name, str(version), f"ct.{alias}.{key}", value)
-    entries = [*alias_log(client, name), move.to_dict()]
-    while len(json.dumps(entries)) > _LOG_LIMIT and len(entries) > 1:
-        # champion entries are what rollback reads: drop the oldest other entry first
-        other = next((i for i, e in enumerate(entries[:-1]) if e["alias"] != CHAMPION), 0)
-        entries.pop(other)
-    client.set_registered_model_tag(name, ALIAS_LOG_TAG, json.dumps(entries, separators=(",", ":")))
+    _record_move(client, name, move)
     client.set_registered_model_alias(name, alias, str(version))
     log.info("%s: alias %s %s -> %s (%s)", name, alias, previous, version, reason)
     return move
@@ -211,7 +288,7 @@ def rollback_target(client: MlflowClient, name: str, alias: str = CHAMPION) -> t
             if entry["previous"]:
                 return str(current.version), entry["previous"]
             break
-    else:  # the log was trimmed past this move: the version's own stamp says the same
+    else:  # a move recorded before the ledger existed: the version's own stamp says the same
         tags = client.get_model_version(name, str(current.version)).tags or {}
         if tags.get(f"ct.{alias}.kind") == "promote" and tags.get(f"ct.{alias}.previous"):
             return str(current.version), tags[f"ct.{alias}.previous"]

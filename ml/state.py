@@ -29,12 +29,14 @@ from ml.deploy import DeployResult
 from ml.drift import DriftResult
 from ml.errors import ContractError, CTError, StateError, rebuild_error
 from ml.gates import GateReport
-from ml.registry import Promotion, Registration
+from ml.registry import Approval, Promotion, Registration
 from ml.result import Result
 from ml.train import TrainResult
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from ml.tracking import RunContext
 
 R = TypeVar("R", bound=Result)
 
@@ -49,11 +51,13 @@ class Step(StrEnum):
     TRAIN = "train"
     GATES = "gates"
     REGISTER = "register"
+    APPROVE = "approve"
     DEPLOY = "deploy"
     PROMOTE = "promote"
 
 
 CHECK_STEPS = (Step.VALIDATE, Step.DRIFT, Step.PERFORMANCE, Step.DECIDE)
+#: APPROVE runs between REGISTER and DEPLOY only with `promotion.approval: required` (ml.pipeline).
 RETRAIN_STEPS = (Step.TRAIN, Step.GATES, Step.REGISTER, Step.DEPLOY, Step.PROMOTE)
 
 
@@ -98,7 +102,7 @@ class Validation(Result):
 RESULT_TYPES: dict[Step, type[Result]] = {
     Step.VALIDATE: Validation, Step.DRIFT: DriftResult, Step.PERFORMANCE: PerformanceResult,
     Step.DECIDE: Decision, Step.TRAIN: TrainResult, Step.GATES: GateReport, Step.REGISTER: Registration,
-    Step.DEPLOY: DeployResult, Step.PROMOTE: Promotion,
+    Step.APPROVE: Approval, Step.DEPLOY: DeployResult, Step.PROMOTE: Promotion,
 }
 
 
@@ -167,6 +171,11 @@ class RunState:
 
     run_key: str
     stored: Mapping[Step, StepRecord] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, ctx: RunContext) -> RunState:
+        """The run's state from every step record stored in its MLflow run, read once."""
+        return cls.from_documents(ctx.run_key, ctx.load_step_documents())
 
     @classmethod
     def from_documents(cls, run_key: str, documents: Mapping[str, Mapping[str, Any]]) -> RunState:

@@ -5,10 +5,16 @@ A pipeline run is identified by its *run key* (the Airflow dag_run_id, or one th
 the same MLflow run instead of starting a second one. Each step stores its record (ml.state) as the
 artifact `steps/<step>.json` of that run: steps executed elsewhere (a Kubernetes pod, a Databricks
 job) hand their results to the next step through MLflow, not through a shared disk.
-`RunContext.load_state` reads all of them at once; a step reads the state once and passes it down.
+`RunState.load(ctx)` (ml.state) reads all of them at once; a step reads the state once and passes it down.
 
 Where: MLFLOW_TRACKING_URI when set; otherwise a SQLite store under $CT_HOME/mlflow (CT_HOME
 defaults to ./.ct).
+
+MLflow's own conventions are followed where they exist: the run carries `mlflow.source.git.commit`
+and its description (`mlflow.note.content`); the logged model a signature, an input example and the
+config file; the data windows are `mlflow.log_input` datasets whose digest is the window's sha256.
+Links into the MLflow UI (`run_url`, `artifact_url`, `model_version_url`) start at $CT_MLFLOW_UI_URL,
+else the tracking server, else http://127.0.0.1:5000 (`mlflow ui`).
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 from ml.errors import StateError
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import MlflowClient
 
     from ml.config import ModelConfig
-    from ml.state import RunState, StepRecord
+    from ml.state import StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,11 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 RUN_KEY_TAG = "ct.run_key"
 RUN_KEY_HASH_TAG = "ct.run_key_sha"
 STEPS_FOLDER = "steps"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+DESCRIPTION_TAG = "mlflow.note.content"
+#: MLflow's dataset digest column holds 36 characters: the first 36 hex digits of the sha256 (the full
+#: sha256 is the input's `ct.sha256` tag).
+DIGEST_LENGTH = 36
 
 
 @cache
@@ -55,6 +67,41 @@ def code_version() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@cache
+def git_commit() -> str | None:
+    """The full git commit of this checkout (MLflow's `mlflow.source.git.commit`); outside a checkout (an
+    image) $CT_CODE_VERSION, else None."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("CT_CODE_VERSION") or None
+
+
+def ui_url() -> str:
+    """Where people open the MLflow UI: $CT_MLFLOW_UI_URL, else an http(s) tracking server, else `mlflow ui`."""
+    uri = os.environ.get("CT_MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    return (uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000").rstrip("/")
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def artifact_url(run_id: str, path: str) -> str:
+    """The raw artifact file (an HTML report opens as itself), served by the tracking server."""
+    from urllib.parse import urlencode
+
+    return f"{ui_url()}/get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
+
+
+def model_version_url(name: str, version: str) -> str:
+    from urllib.parse import quote
+
+    return f"{ui_url()}/#/models/{quote(name)}/versions/{version}"
 
 
 def ct_home() -> Path:
@@ -168,12 +215,6 @@ class RunContext:
                 run_id=self.mlflow_run_id, artifact_path=STEPS_FOLDER, dst_path=tmp, tracking_uri=tracking_uri()))
             return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
 
-    def load_state(self) -> RunState:
-        """The run state (ml.state) from every stored step record, read once."""
-        from ml.state import RunState
-
-        return RunState.from_documents(self.run_key, self.load_step_documents())
-
     def artifact(self, artifact_path: str) -> Path:
         """This run's artifact as a local file: the copy this machine wrote, else (the step that wrote it
         ran in a pod or a Databricks job) fetched from MLflow into the same place."""
@@ -186,24 +227,84 @@ class RunContext:
         self.client.log_artifact(self.mlflow_run_id, str(path), artifact_path)
 
     def log_onnx_model(self, data: bytes, *, estimator: str, params: dict[str, Any], train_rows: int,
-                       eval_rows: int, eval_source: str, metrics: dict[str, float]) -> Any:
-        """Log the challenger's ONNX file as the run's MLflow model (with its estimator, parameters and
-        holdout metrics); returns MLflow's ModelInfo (model_id, model_uri)."""
+                       eval_rows: int, eval_source: str, metrics: dict[str, float],
+                       example: pd.DataFrame | None = None, estimator_params: dict[str, Any] | None = None) -> Any:
+        """Log the challenger's ONNX file as the run's MLflow model, with its signature and input example
+        (`example`: a few canonical model-input rows), the config file and its sha256 (`extra_files/`), the
+        estimator's effective parameters and the holdout metrics; returns MLflow's ModelInfo."""
         import mlflow
         import mlflow.onnx
         import onnx
         import onnxruntime
 
-        with mlflow.start_run(run_id=self.mlflow_run_id):
+        feed, signature = onnx_example(data, example) if example is not None and len(example) else (None, None)
+        with mlflow.start_run(run_id=self.mlflow_run_id), tempfile.TemporaryDirectory() as tmp:
             info = mlflow.onnx.log_model(onnx.load_model_from_string(data), name="model", save_as_external_data=False,
                                          pip_requirements=[f"onnxruntime=={onnxruntime.__version__}"],
-                                         metadata={"estimator": estimator},
+                                         onnx_execution_providers=["CPUExecutionProvider"],
+                                         metadata={"estimator": estimator}, signature=signature, input_example=feed,
+                                         extra_files=self._config_files(Path(tmp)) or None,
                                          params={"estimator": estimator,
                                                  **{f"param.{k}": str(v) for k, v in params.items()}})
             mlflow.log_params({"estimator": estimator, "train_rows": train_rows, "eval_rows": eval_rows,
-                               "eval_source": eval_source})
+                               "eval_source": eval_source,
+                               **{f"estimator.{k}": _param(v) for k, v in (estimator_params or {}).items()}})
             mlflow.log_metrics({f"challenger.{k}": v for k, v in metrics.items() if v == v})
         return info
+
+    def _config_files(self, folder: Path) -> list[str]:
+        """The config file this run read and a file holding its sha256, for the version's artifacts."""
+        from ml.config import config_sha256
+
+        source = Path(self.config.source) if self.config.source else None
+        if source is None or not source.is_file():
+            return []
+        config = folder / source.name
+        shutil.copyfile(source, config)
+        digest = folder / f"{source.name}.sha256"
+        digest.write_text(f"{config_sha256(source)}  {source.name}\n")
+        return [str(config), str(digest)]
+
+    def log_windows(self, windows: list[tuple[str, pd.DataFrame, str | None, str | None]],
+                    model_id: str | None = None) -> None:
+        """The data the challenger learnt from as MLflow datasets (context `training`), linked to the logged
+        model: (name, frame, path, sha256) each; the digest is the sha256's first 36 hex digits."""
+        import mlflow
+        import mlflow.data
+        from mlflow.entities import LoggedModelInput
+
+        with mlflow.start_run(run_id=self.mlflow_run_id):
+            for name, frame, path, sha in windows:
+                digest = sha[:DIGEST_LENGTH] if sha else None
+                dataset = mlflow.data.from_pandas(frame, source=path or name, name=f"{self.config.name}.{name}",
+                                                  targets=self.config.target if self.config.target in frame else None,
+                                                  digest=digest)
+                mlflow.log_input(dataset, context="training", tags={"ct.window": name, "ct.sha256": sha or ""},
+                                 model=LoggedModelInput(model_id) if model_id else None)
+
+    def describe(self, markdown: str) -> None:
+        """The run's description in the MLflow UI (`mlflow.note.content`)."""
+        self.client.set_tag(self.mlflow_run_id, DESCRIPTION_TAG, markdown[:4900])
+
+
+def _param(value: Any) -> str:
+    return str(value)[:500]  # MLflow's limit for a param value is 6000; keep the run page readable
+
+
+def onnx_example(data: bytes, example: pd.DataFrame) -> tuple[dict[str, Any], Any]:
+    """(input example, signature) as the ONNX graph takes them: one [n, 1] tensor per input (float32 numerics,
+    string categoricals, under the graph's input names), and the probability tensor these rows give. In this
+    form MLflow's own pyfunc (`mlflow models serve`) accepts the example too."""
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from ml.export import OnnxModel
+
+    model = OnnxModel.from_bytes(data)
+    feed = {model.renamed.get(c, c): example[c].to_numpy(dtype=np.float32).reshape(-1, 1) for c in model.numeric}
+    feed |= {model.renamed.get(c, c): example[c].to_numpy(dtype=object).astype(str).reshape(-1, 1)
+             for c in model.categorical}
+    return feed, infer_signature(feed, model.predict_proba(example))
 
 
 def download_model(model_uri: str, dest: Path) -> Path:
@@ -232,8 +333,10 @@ def open_run(config: ModelConfig, run_key: str, tags: dict[str, str] | None = No
             for key, value in tags.items():
                 client.set_tag(run_id, key, value)
     else:
+        commit = git_commit()
         run = client.create_run(experiment_id, run_name=run_key[:250],
-                                tags={RUN_KEY_TAG: run_key[:5000], RUN_KEY_HASH_TAG: key_hash, **(tags or {})})
+                                tags={RUN_KEY_TAG: run_key[:5000], RUN_KEY_HASH_TAG: key_hash,
+                                      **({GIT_COMMIT_TAG: commit} if commit else {}), **(tags or {})})
         run_id = run.info.run_id
         log.info("MLflow run %s created for run key %s (store %s)", run_id, run_key, tracking_uri())
     ctx = RunContext(config=config, run_key=run_key, mlflow_run_id=run_id, experiment_id=experiment_id)

@@ -47,7 +47,8 @@ Stack up in {seconds:.0f}s (CT_HOME={cfg.home})
                         MLFLOW_TRACKING_PASSWORD=<MLFLOW_ADMIN_PASSWORD>
   logs           {cfg.log_dir}/<service>.log   (task logs: {cfg.airflow_home / 'logs'})
   run records    {cfg.home / 'runs'}/<model>/<run>/run_record.json
-  trigger        UI: DAG `retraining` -> Trigger (params form), e.g. current_path data/attrition/current_unlabelled.csv
+  trigger        UI: DAG `employee-attrition.retrain` (one `<name>.retrain` per configs/*.yaml) -> Trigger (params
+                 form), e.g. current_path data/attrition/current_unlabelled.csv; roll back: `<name>.rollback`
   stop           bin/stack down      (docs/stack.md has the walk-through)
 """)
 

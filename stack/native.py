@@ -150,14 +150,14 @@ class StackConfig:
     mlflow_admin_user: str = "admin"
     mlflow_workers: int = 2
     serve_logs: bool = False  # Airflow's log servers bind every interface; the api-server reads files here
-    extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. CT_SCHEDULE, CT_DEFAULT_CONFIG
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. CT_SCHEDULE, CT_CONFIG_DIR
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], dotenv: Path | None = DOTENV) -> StackConfig:
         """The settings `bin/stack` uses: the environment, then .env (the variables of .env.example).
 
         CT_HOME, AIRFLOW_API_PORT, MLFLOW_PORT, PGHOST, PGPORT, AIRFLOW_ADMIN_USER, MLFLOW_ADMIN_USER,
-        the secrets, and CT_SCHEDULE / CT_DEFAULT_CONFIG for the DAG.
+        the secrets, and CT_SCHEDULE / CT_CONFIG_DIR / CT_MLFLOW_UI_URL for the DAGs.
         """
         env = {**(read_env_file(dotenv) if dotenv else {}), **environ}
         home = Path(env.get("CT_HOME") or REPO / ".ct" / "stack").resolve()
@@ -167,7 +167,8 @@ class StackConfig:
             pg_host=env.get("PGHOST") or "127.0.0.1", pg_port=int(env.get("PGPORT") or 5432),
             admin_user=env.get("AIRFLOW_ADMIN_USER") or "admin",
             mlflow_admin_user=env.get("MLFLOW_ADMIN_USER") or "admin",
-            extra_env={name: env[name] for name in ("CT_SCHEDULE", "CT_DEFAULT_CONFIG") if env.get(name)},
+            extra_env={name: env[name] for name in ("CT_SCHEDULE", "CT_CONFIG_DIR", "CT_MLFLOW_UI_URL")
+                       if env.get(name)},
         )
 
     @property

@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ml.predlog import SMOKE, TRAFFIC_HEADER
 from ml.result import Result
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ class SmokeResult(Result):
 
 def _call(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
+    # Marked as smoke traffic: the server logs it as such and the next window leaves it out (ml.predlog).
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", TRAFFIC_HEADER: SMOKE})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")

@@ -13,6 +13,7 @@ hand against the model's feature lists; client mistakes are 4xx with {"detail": 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from ml.predlog import PredictionLogWriter
+from ml.predlog import TRAFFIC_HEADER, PredictionLogWriter
 from ml.serving.metrics import Metrics
 from ml.serving.model import LoadedModel, ModelLoadError, RequestError, Scorer, resolve_model
 from ml.serving.settings import Settings
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 JSON_TYPE = b"application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[bytes], tuple[int, bytes]]
+#: The request's X-CT-Traffic header (e.g. "smoke" from a deploy's smoke test), logged with its predictions.
+TRAFFIC: contextvars.ContextVar[str | None] = contextvars.ContextVar("ct_traffic", default=None)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -250,9 +253,10 @@ class ServingService:
         writer = self.writer
         if writer is None:
             return
+        traffic = TRAFFIC.get()
         for record, result in zip(records, out, strict=True):
             writer.log_prediction(result["prediction_id"], timestamp, version, record, result["label"],
-                                  result["probabilities"])
+                                  result["probabilities"], traffic)
 
     def feedback(self, body: bytes) -> tuple[int, bytes]:
         doc = self._json(body)
@@ -399,7 +403,12 @@ class HotPathMiddleware:
         if error is not None:
             status, payload = error.status, service._encode({"detail": error.detail})
         else:
-            status, payload = service.call(handler, body)
+            traffic = _header(scope, TRAFFIC_HEADER.encode())
+            token = TRAFFIC.set(traffic.decode("latin-1")[:32] if traffic else None)
+            try:
+                status, payload = service.call(handler, body)
+            finally:
+                TRAFFIC.reset(token)
         headers = [(b"content-type", JSON_TYPE), (b"content-length", str(len(payload)).encode())]
         if error is not None and status == 413:
             headers.append((b"connection", b"close"))  # the rest of the body was not read
@@ -420,7 +429,11 @@ async def _route_call(service: ServingService, handler: Handler, request: Reques
             error = exc
     if error is not None:
         return JSONResponse({"detail": error.detail}, status_code=error.status)
-    status, payload = service.call(handler, body)
+    token = TRAFFIC.set((request.headers.get(TRAFFIC_HEADER) or "")[:32] or None)
+    try:
+        status, payload = service.call(handler, body)
+    finally:
+        TRAFFIC.reset(token)
     return Response(payload, status_code=status, media_type="application/json")
 
 

@@ -25,11 +25,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def validate(run: StepRun, *, dag_id: str | None = None, dag_run_id: str | None = None) -> Validation:
-    """Read both windows, check the data contract, and pin the champion this attempt compares with."""
+def validate(run: StepRun, *, dag_id: str | None = None, dag_run_id: str | None = None,
+             as_of: str | None = None) -> Validation:
+    """Read both windows, check the data contract, and pin the champion this attempt compares with. A
+    prediction-log current window ends at `as_of` (the DAG run's time; default now) and reaches back as far
+    as `data.current_window` says."""
+    from datetime import UTC, datetime
+
     from ml.contract import check_contract
     from ml.data import read_window
-    from ml.predlog import is_prediction_log
+    from ml.predlog import is_prediction_log, window_since
     from ml.registry import CHAMPION, ensure_registered_model, version_by_alias
 
     config = run.config
@@ -41,7 +46,11 @@ def validate(run: StepRun, *, dag_id: str | None = None, dag_run_id: str | None 
     try:
         reference = read_window(config.reference_path, config.target)
         base = dataclasses.replace(base, reference_sha256=reference.sha256)
-        current = read_window(config.current_path, config.target) if config.current_path else None
+        until = datetime.fromisoformat(as_of) if as_of else datetime.now(UTC)
+        since = window_since(config.data.current_window, as_of=until,
+                             champion_promoted_at=(champion.tags or {}).get("ct.champion.at") if champion else None)
+        current = read_window(config.current_path, config.target, since=since, until=until) \
+            if config.current_path else None
         if current is not None:
             base = dataclasses.replace(base, current_sha256=current.sha256)
             if is_prediction_log(current.path):

@@ -1,5 +1,7 @@
-"""The DAG's `release` group: deploy a registered version with a smoke test (rolled back on failure),
-then promote it (`champion` moves only once the version serves)."""
+"""The DAG's `release` group: approve (only with `promotion.approval: required`), deploy a registered
+version with a smoke test (rolled back on failure), then promote it (`champion` moves only once the
+version serves). An approval comes before the deploy, so `champion` keeps naming what serves while a
+version waits: approved = deployed and promoted; rejected or timed out = neither."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from ml.decision import Decision
 from ml.deploy import DeployResult
 from ml.errors import StateError
-from ml.registry import Promotion, Registration
+from ml.registry import Approval, ApprovalDecision, Promotion, Registration
 from ml.state import Step
 from ml.train import HOLDOUT_ARTIFACT, Holdout, TrainResult
 
@@ -16,9 +18,21 @@ if TYPE_CHECKING:
     from ml.steps import StepRun
 
 
+def approve(run: StepRun, *, decision: ApprovalDecision = "pending", by: str | None = None, at: str | None = None,
+            detail: str = "") -> Approval:
+    """Record a person's decision about the version this attempt registered. Airflow's approval task calls it
+    twice: `pending` when it asks, then the answer. Outside Airflow nobody can answer: `pending` stays."""
+    version = run.state.require(Step.REGISTER, Registration).version
+    if decision == "pending" and not detail:
+        detail = (f"v{version} waits for approval (promotion.approval: required): approve it in the Airflow UI "
+                  f"(Required Actions), or deploy and promote it yourself: python -m ml deploy --version {version}")
+    return Approval(version=version, decision=decision, by=by, at=at, detail=detail)
+
+
 def deploy(run: StepRun, *, version: str | None = None) -> DeployResult:
     """Roll out the version this attempt registered (or `version`, for `deploy --version` and rollback),
-    smoke-tested on holdout rows (reference rows when the attempt trained nothing)."""
+    smoke-tested on holdout rows (reference rows when the attempt trained nothing). With
+    `promotion.approval: required` the attempt's version is rolled out only once it was approved."""
     from ml.data import read_window
     from ml.deploy.rollout import rollout
     from ml.deploy.smoke import smoke_records
@@ -26,6 +40,11 @@ def deploy(run: StepRun, *, version: str | None = None) -> DeployResult:
     config = run.config
     if version is None:
         version = run.state.require(Step.REGISTER, Registration).version
+        approval = run.state.get(Step.APPROVE, Approval)
+        if config.promotion.approval_required and (approval is None or not approval.approved):
+            state = approval.decision if approval is not None else "not asked"
+            raise StateError(f"refusing to deploy v{version}: promotion.approval is required and the approval is "
+                             f"{state}")
     if run.state.get(Step.TRAIN, TrainResult) is not None:
         rows = Holdout.read(run.ctx.artifact(HOLDOUT_ARTIFACT)).frame
     else:
@@ -36,7 +55,7 @@ def deploy(run: StepRun, *, version: str | None = None) -> DeployResult:
 def promote(run: StepRun, *, reason: str | None = None,
             kind: Literal["promote", "rollback"] = "promote") -> Promotion:
     """Move `champion` to the version this attempt deployed (only after a successful deploy)."""
-    from ml.registry import CHAMPION, move_alias
+    from ml.registry import CHAMPION, SHA_TAG, move_alias
 
     deployed = run.state.require(Step.DEPLOY, DeployResult)
     if not deployed.ok:
@@ -44,5 +63,9 @@ def promote(run: StepRun, *, reason: str | None = None,
     if reason is None:
         decision = run.state.get(Step.DECIDE, Decision)
         reason = f"run {run.ctx.run_key}: {decision.reason if decision is not None else 'promoted'}"
+        approval = run.state.get(Step.APPROVE, Approval)
+        if approval is not None and approval.approved:
+            reason += f" (approved by {approval.by or 'unknown'} at {approval.at})"
     move = move_alias(run.ctx.client, run.config.name, CHAMPION, deployed.version, reason=reason[:4000], kind=kind)
-    return Promotion(version=deployed.version, previous=move.previous, promoted=True, move=move)
+    sha = (run.ctx.client.get_model_version(run.config.name, deployed.version).tags or {}).get(SHA_TAG)
+    return Promotion(version=deployed.version, previous=move.previous, promoted=True, move=move, sha256=sha)

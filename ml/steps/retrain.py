@@ -49,7 +49,12 @@ def train(run: StepRun) -> TrainResult:
     data = challenger.onnx or to_onnx(challenger.pipeline, config, challenger.data.classes)
     info = ctx.log_onnx_model(data, estimator=challenger.estimator, params=challenger.params,
                               train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
-                              eval_source=challenger.data.eval_source, metrics=challenger.metrics)
+                              eval_source=challenger.data.eval_source, metrics=challenger.metrics,
+                              example=challenger.data.x_train.head(5),
+                              estimator_params=challenger.pipeline.steps[-1][1].get_params(deep=False))
+    ctx.log_windows([("reference", run.windows.reference, validation.reference_path, validation.reference_sha256),
+                     *([("current", current, validation.current_path, validation.current_sha256)]
+                       if current is not None else [])], model_id=info.model_id)
     if challenger.search is not None:
         log_search(ctx.client, ctx.mlflow_run_id, challenger.search)
     model = OnnxModel.load(download_model(info.model_uri, ctx.work_dir / "challenger"))
@@ -122,8 +127,10 @@ def _champion_decayed(run: StepRun) -> bool:
 
 def register(run: StepRun) -> Registration:
     """Register the gated challenger (once per run) with lineage tags; move `challenger` to it."""
+    from ml.config import config_sha256
     from ml.estimate import calibration_tag, fit_calibration
-    from ml.registry import CHALLENGER, Registration, move_alias, register_version, version_tags
+    from ml.explain import version_description
+    from ml.registry import CHALLENGER, CONFIG_SHA_TAG, Registration, move_alias, register_version, version_tags
     from ml.tracking import code_version
 
     config, ctx = run.config, run.ctx
@@ -131,14 +138,20 @@ def register(run: StepRun) -> Registration:
     if report is None or not report.passed:
         raise StateError("refusing to register: the gates of this attempt did not pass (or did not run)")
     trained = run.state.require(Step.TRAIN, TrainResult)
-    holdout = Holdout.read(ctx.artifact(HOLDOUT_ARTIFACT))
+    validation = run.state.require(Step.VALIDATE, Validation)
+    decision, drift = run.state.get(Step.DECIDE, Decision), run.state.get(Step.DRIFT, DriftResult)
+    config_sha = config_sha256(config.source) if config.source else None
     tags = version_tags(run_key=ctx.run_key, mlflow_run_id=ctx.mlflow_run_id, code_version=code_version(),
-                        validation=run.state.require(Step.VALIDATE, Validation), trained=trained, gates=report,
-                        decision=run.state.get(Step.DECIDE, Decision), drift=run.state.get(Step.DRIFT, DriftResult))
+                        validation=validation, trained=trained, gates=report, decision=decision, drift=drift)
+    tags |= {CONFIG_SHA_TAG: config_sha} if config_sha else {}
+    description = version_description(run_key=ctx.run_key, mlflow_run_id=ctx.mlflow_run_id, decision=decision,
+                                      report=report, validation=validation, trained=trained, drift=drift,
+                                      config_file=config.source, config_sha256=config_sha)
     # the label-free estimate of later runs (ml.estimate) reads this version's calibration
+    holdout = Holdout.read(ctx.artifact(HOLDOUT_ARTIFACT))
     tags |= calibration_tag(fit_calibration(holdout.y, holdout.sklearn_proba))
     version, created = register_version(ctx.client, config.name, trained.model_uri, trained.model_id,
-                                        ctx.mlflow_run_id, tags)
+                                        ctx.mlflow_run_id, tags, description=description)
     move = move_alias(ctx.client, config.name, CHALLENGER, str(version.version),
                       reason=f"passed gates in run {ctx.run_key}")
     return Registration(version=str(version.version), created=created, challenger_alias=move)

@@ -2,8 +2,13 @@
 
     ValidateDataOperator -> DriftCheckOperator / PerformanceCheckOperator -> DecideBranchOperator
     -> ConfigBranchOperator (training.backend) -> TrainOperator -> GatesOperator -> RegisterOperator
-    -> ConfigBranchOperator (deploy.target) -> DeployLocalOperator -> PromoteOperator
-    -> RunRecordOperator (trigger_rule=all_done: every run ends with a record)
+    -> [PromotionApprovalOperator (ct_airflow.approval)] -> ConfigBranchOperator (deploy.target)
+    -> DeployLocalOperator -> PromoteOperator (emits the model Asset event)
+    -> RunRecordOperator (trigger_rule=all_done: every run ends with a record; its note becomes the DAG run note)
+    RollbackOperator: the rollback DAG's one task (ml.pipeline.rollback)
+
+Every operator on a run shows extra links in the UI (ct_airflow.links): the MLflow run, and where it
+applies the drift report or the model version.
 
 Nothing here touches MLflow, files or the network at DAG-parse time: `__init__` only assigns, and
 `ml` is imported inside `execute`. `fail_task` maps errors to Airflow's semantics in one place: the
@@ -18,6 +23,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 from airflow.sdk import BaseBranchOperator, BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from ct_airflow.links import (
+    DRIFT_REPORT,
+    MLFLOW_RUN,
+    MODEL_VERSION,
+    DriftReportLink,
+    MlflowRunLink,
+    ModelVersionLink,
+    note_link,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -57,6 +72,7 @@ class PipelineOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = RUN_FIELDS
+    operator_extra_links = (MlflowRunLink(),)
 
     def __init__(self, *, config_path: str, reference_path: str | None = None, current_path: str | None = None,
                  run_key: str = "{{ run_id }}", **kwargs: Any) -> None:
@@ -67,12 +83,14 @@ class PipelineOperator(BaseOperator):
         self.run_key = run_key
 
     def run_context(self) -> RunContext:
-        """The run's MLflow context for the rendered fields (reads the config file)."""
+        """The run's MLflow context for the rendered fields (reads the config file); notes the run's link."""
         from ml.config import load_config
-        from ml.tracking import open_run
+        from ml.tracking import open_run, run_url
 
         config = load_config(self.config_path).with_data(self.reference_path or None, self.current_path or None)
-        return open_run(config, self.run_key)
+        ctx = open_run(config, self.run_key)
+        note_link(self, MLFLOW_RUN, run_url(ctx.experiment_id, ctx.mlflow_run_id))
+        return ctx
 
 
 class StepOperator(PipelineOperator):
@@ -93,8 +111,12 @@ class StepOperator(PipelineOperator):
         except Exception as exc:
             fail_task(exc)
         summary = step_summary(self.run_key, ctx.mlflow_run_id, record)
+        self.after_step(context, ctx, record)
         self.log.info("%s: %s", self.step, summary)
         return summary
+
+    def after_step(self, context: Context, ctx: RunContext, record: StepRecord) -> None:
+        """What the task adds once its step succeeded (links, Asset events); nothing by default."""
 
 
 class ValidateDataOperator(StepOperator):
@@ -103,13 +125,23 @@ class ValidateDataOperator(StepOperator):
     step = "validate"
 
     def step_kwargs(self, context: Context) -> dict[str, Any]:
-        return {"dag_id": self.dag_id, "dag_run_id": context["run_id"]}
+        dag_run = context.get("dag_run")
+        run_after = getattr(dag_run, "run_after", None)  # a prediction-log window ends at the run's time
+        return {"dag_id": self.dag_id, "dag_run_id": context["run_id"],
+                "as_of": run_after.isoformat() if run_after is not None else None}
 
 
 class DriftCheckOperator(StepOperator):
     """Drift per column and for the dataset; the Evidently HTML report logged to MLflow."""
 
     step = "drift"
+    operator_extra_links = (MlflowRunLink(), DriftReportLink())
+
+    def after_step(self, context: Context, ctx: RunContext, record: StepRecord) -> None:
+        from ml.tracking import artifact_url
+
+        if getattr(record.result, "report_path", None):
+            note_link(self, DRIFT_REPORT, artifact_url(ctx.mlflow_run_id, "reports/drift_report.html"))
 
 
 class PerformanceCheckOperator(StepOperator):
@@ -131,10 +163,21 @@ class GatesOperator(StepOperator):
     step = "gates"
 
 
+def note_version_link(operator: Any, model: str, version: str | None) -> None:
+    from ml.tracking import model_version_url
+
+    if version:
+        note_link(operator, MODEL_VERSION, model_version_url(model, version))
+
+
 class RegisterOperator(StepOperator):
     """Register the gated challenger once per run; set the `challenger` alias."""
 
     step = "register"
+    operator_extra_links = (MlflowRunLink(), ModelVersionLink())
+
+    def after_step(self, context: Context, ctx: RunContext, record: StepRecord) -> None:
+        note_version_link(self, ctx.config.name, getattr(record.result, "version", None))
 
 
 class DeployLocalOperator(StepOperator):
@@ -144,10 +187,25 @@ class DeployLocalOperator(StepOperator):
     ui_color = "#dde8fb"
 
 
+def emit_model_event(operator: BaseOperator, context: Context, promotion: Any, run_key: str) -> None:
+    """Put the new champion (version, sha256, previous) in the extra of this task's outlet Asset events:
+    downstream DAGs scheduled on the model Asset read it from their triggering event."""
+    extra = {"version": promotion.version, "sha256": promotion.sha256, "previous": promotion.previous,
+             "run_key": run_key, "kind": promotion.move.kind}
+    for outlet in operator.outlets or []:
+        context["outlet_events"][outlet].extra = extra
+
+
 class PromoteOperator(StepOperator):
-    """Move `champion` to the version now serving (recorded in the alias audit log)."""
+    """Move `champion` to the version now serving (recorded in the alias ledger); emits the model Asset
+    event (its outlet) with the version and sha256."""
 
     step = "promote"
+    operator_extra_links = (MlflowRunLink(), ModelVersionLink())
+
+    def after_step(self, context: Context, ctx: RunContext, record: StepRecord) -> None:
+        note_version_link(self, ctx.config.name, getattr(record.result, "version", None))
+        emit_model_event(self, context, record.result, self.run_key)
 
 
 def _native_bool(value: bool | str) -> bool:
@@ -225,14 +283,20 @@ class ConfigBranchOperator(BaseBranchOperator):
         return self.branches[value]
 
 
+#: XCom key of the run's note (Markdown): ct_airflow.notes makes it the DAG run note when the run ends.
+NOTE_KEY = "run_note"
+
+
 class RunRecordOperator(PipelineOperator):
     """Write the run record (MLflow artifact, task log, XCom) and fail the DAG run if the run failed.
 
     Runs whatever happened upstream (trigger_rule all_done), so blocked and rejected runs get their
-    record too.
+    record too. The decision and its reason (ml.explain.run_note) go to XCom `run_note`, which becomes
+    the DAG run note.
     """
 
     ui_color = "#eeeeee"
+    operator_extra_links = (MlflowRunLink(), ModelVersionLink())
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
@@ -241,6 +305,7 @@ class RunRecordOperator(PipelineOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import json
 
+        from ml.explain import run_note
         from ml.record import finish_run
 
         try:
@@ -249,6 +314,8 @@ class RunRecordOperator(PipelineOperator):
         except Exception as exc:
             fail_task(exc)
         document = record.to_dict()
+        context["ti"].xcom_push(key=NOTE_KEY, value=run_note(record))
+        note_version_link(self, record.model, record.champion_version)
         self.log.info("run record:\n%s", json.dumps(document, indent=2, default=str))
         if record.notify:
             self._notify(ctx.config.notify.connection_id, document, context)
@@ -270,3 +337,44 @@ class RunRecordOperator(PipelineOperator):
             RunRecordNotifier(connection_id=connection_id, record=document).notify(context)
         except Exception:
             self.log.exception("could not notify %s", connection_id)
+
+class RollbackOperator(PipelineOperator):
+    """The rollback DAG's task: serve `version` (empty = the version the champion replaced), smoke-tested, and
+    move `champion` to it, recorded as a run of its own (ml.pipeline.rollback); emits the model Asset event.
+
+    :param version: the registered version to return to; empty for the previous champion (templated)
+    :param reason: recorded in the alias ledger and the run record (templated)
+    """
+
+    template_fields: Sequence[str] = (*RUN_FIELDS, "version", "reason")
+    ui_color = "#fbe3d6"
+    operator_extra_links = (MlflowRunLink(), ModelVersionLink())
+
+    def __init__(self, *, version: str | None = None, reason: str = "rollback", **kwargs: Any) -> None:
+        kwargs.setdefault("run_key", "rollback-{{ run_id }}")  # never the key of a retraining run of the model
+        super().__init__(**kwargs)
+        self.version = version
+        self.reason = reason
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from ml.config import load_config
+        from ml.explain import run_note
+        from ml.pipeline import rollback
+        from ml.tracking import open_run, run_url
+
+        try:
+            config = load_config(self.config_path)
+            version = str(self.version).strip() if self.version not in (None, "", "None") else None
+            record, promotion = rollback(config, str(self.reason or "rollback"), version=version,
+                                         run_key=self.run_key)
+        except Exception as exc:
+            fail_task(exc)
+        ctx = open_run(config, record.run_key)
+        context["ti"].xcom_push(key=NOTE_KEY, value=run_note(record))
+        note_link(self, MLFLOW_RUN, run_url(ctx.experiment_id, ctx.mlflow_run_id))
+        note_version_link(self, config.name, promotion.version)
+        emit_model_event(self, context, promotion, self.run_key)
+        self.log.info("champion of %s: v%s -> v%s (%s)", config.name, promotion.previous, promotion.version,
+                      promotion.move.reason)
+        return {"run_key": record.run_key, "status": record.status, "champion": promotion.version,
+                "rolled_back_from": promotion.previous, "deployment": record.deployment}

@@ -84,10 +84,10 @@ class RemoteStepOperator(PipelineOperator):
             self._inner.on_kill()
 
     def _record(self) -> tuple[str, StepRecord | None]:
-        from ml.state import Step
+        from ml.state import RunState, Step
 
         ctx = self.run_context()
-        return ctx.mlflow_run_id, ctx.load_state().record(Step(self.step))
+        return ctx.mlflow_run_id, RunState.load(ctx).record(Step(self.step))
 
     def _summary(self) -> dict[str, Any]:
         mlflow_run_id, record = self._record()

@@ -1,5 +1,6 @@
-"""DAG integrity: imports cleanly, parses fast without heavy libraries or connections, and carries
-the metadata the conventions require (tags, retries, typed params, schedule, one active run)."""
+"""DAG integrity: one retraining and one rollback DAG per model config, a broken config as the import error
+that names it while the other models' DAGs load, parse time bounded without heavy libraries or connections,
+and the metadata the conventions require (tags, retries, execution_timeout, typed params, one active run)."""
 
 from __future__ import annotations
 
@@ -7,60 +8,130 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import REPO
+from tests.conftest import DEMO_CONFIG, REPO, write_config
 
 HEAVY = ("pandas", "sklearn", "mlflow", "evidently", "onnxruntime", "onnx", "skl2onnx", "numpy", "kubernetes",
          "kubernetes_asyncio", "databricks")
 
 
-@pytest.fixture(scope="module")
-def dagbag(airflow_db):
+def bag(config_dir: Path | None, monkeypatch: pytest.MonkeyPatch):
     from airflow.dag_processing.dagbag import DagBag
 
+    if config_dir is None:
+        monkeypatch.delenv("CT_CONFIG_DIR", raising=False)
+    else:
+        monkeypatch.setenv("CT_CONFIG_DIR", str(config_dir))
     return DagBag(dag_folder=str(REPO / "dags"))
 
 
-def test_no_import_errors(dagbag):
-    assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"retraining"}
+def model_folder(folder: Path, **models: dict) -> Path:
+    """A config folder with one config per keyword (file stem -> changes to the demo config)."""
+    for stem, changes in models.items():
+        path = write_config(folder / "tmp", **changes)
+        path.rename(folder / f"{stem}.yaml")
+    return folder
 
 
-def test_dag_metadata(dagbag):
-    dag = dagbag.get_dag("retraining")
-    assert dag.tags and dag.max_active_runs == 1 and dag.catchup is False
-    assert dag.schedule is not None and dag.start_date.tzinfo is not None
-    assert dag.doc_md and dag.description
-    assert {"config", "reference_path", "current_path", "force_retrain"} <= set(dag.params)
-    for name, param in dag.params.items():
-        param = dag.params.get_param(name)
-        assert param.schema.get("type") and param.schema.get("title") and param.description, name
-    for task in dag.tasks:
-        assert task.retries is not None, task.task_id
+@pytest.fixture(scope="module")
+def repo_bag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    os.environ.pop("CT_CONFIG_DIR", None)
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_the_repository_configs_make_a_dag_pair_each(repo_bag):
+    assert repo_bag.import_errors == {}
+    names = [yaml.safe_load(p.read_text())["name"] for p in sorted((REPO / "configs").glob("*.yaml"))]
+    assert set(repo_bag.dag_ids) == {f"{n}.{kind}" for n in names for kind in ("retrain", "rollback")}
+
+
+def test_dag_metadata(repo_bag):
+    for dag in repo_bag.dags.values():
+        assert dag.tags and dag.max_active_runs == 1 and dag.catchup is False, dag.dag_id
+        assert dag.start_date.tzinfo is not None and dag.doc_md and dag.description
+        for name in dag.params:
+            param = dag.params.get_param(name)
+            assert param.schema.get("type") and param.schema.get("title") and param.description, name
+        for task in dag.tasks:
+            assert task.retries is not None and task.doc_md, task.task_id
+            assert task.execution_timeout is not None and task.execution_timeout.total_seconds() >= 60, task.task_id
+    dag = repo_bag.get_dag("employee-attrition.retrain")
+    assert dag.schedule is not None
+    assert {"reference_path", "current_path", "force_retrain", "training_backend"} <= set(dag.params)
+    backend = dag.params.get_param("training_backend").schema
+    assert backend["values_display"]["null"] == "as configured (local)"  # not a bare `null` in the form
+    assert set(backend["values_display"]) == {"null", *(v for v in backend["enum"] if v)}
     record = dag.get_task("run_record")
     assert str(record.trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     assert {t.task_id for t in dag.get_task("decide").downstream_list} >= {"skip"}
+    assert {a.name for a in dag.get_task("release.promote").outlets} == {"employee-attrition.champion"}
+    assert {link.name for link in dag.get_task("check.drift").operator_extra_links} == {"MLflow run", "Drift report"}
+    assert "approve" not in {t.task_id.split(".")[-1] for t in dag.tasks}  # promotion.approval: auto
+    rollback = repo_bag.get_dag("employee-attrition.rollback")
+    assert rollback.schedule is None and {"version", "reason"} <= set(rollback.params)
 
 
-def test_parse_is_fast_and_imports_nothing_heavy():
-    """Parse in a fresh interpreter with no MLflow, network or Airflow connections configured."""
+def test_two_configs_make_two_models_and_a_broken_third_is_an_import_error_naming_it(tmp_path, airflow_db,
+                                                                                   monkeypatch):
+    folder = model_folder(tmp_path, alpha={"name": "alpha", "schedule": "0 6 * * *"},
+                          beta={"name": "beta", "schedule": {"assets": ["current_window"]},
+                                "promotion": {"approval": "required", "approval_timeout_h": 2.0}})
+    (folder / "broken.yaml").write_text(yaml.safe_dump({**yaml.safe_load(DEMO_CONFIG.read_text()),
+                                                        "name": "gamma", "gates": {"max_regresion": 0.1}}))
+    (folder / "bad-cron.yaml").write_text(yaml.safe_dump({**yaml.safe_load(DEMO_CONFIG.read_text()),
+                                                          "name": "delta", "schedule": "every day"}))
+    dags = bag(folder, monkeypatch)
+    assert set(dags.dag_ids) == {"alpha.retrain", "alpha.rollback", "beta.retrain", "beta.rollback"}
+    (where, error), = dags.import_errors.items()
+    assert where.endswith("model_configs.py")
+    assert f"{folder / 'broken.yaml'}" in error and "gates.max_regresion: unknown key" in error
+    assert f"{folder / 'bad-cron.yaml'}" in error and "'every day' is neither a cron expression" in error
+    alpha, beta = dags.dags["alpha.retrain"], dags.dags["beta.retrain"]
+    assert alpha.timetable.expression == "0 6 * * *"
+    assert [a.name for a in beta.timetable.asset_condition.objects] == ["beta.current_window"]
+    # approval required: a human-in-the-loop task between register and the release, timing out as configured
+    approve = beta.get_task("release.approve")
+    assert type(approve).__name__ == "PromotionApprovalOperator" and approve.response_timeout.total_seconds() == 7200
+    assert {t.task_id for t in approve.upstream_list} == {"retrain.register"}
+    assert {t.task_id for t in approve.downstream_list} == {"release.choose_target"}
+    assert approve.defaults == ["Reject"]
+
+
+def test_a_model_name_used_twice_keeps_the_first_file(tmp_path, airflow_db, monkeypatch):
+    folder = model_folder(tmp_path, a={"name": "same"}, b={"name": "same"})
+    dags = bag(folder, monkeypatch)
+    assert set(dags.dag_ids) == {"same.retrain", "same.rollback"}
+    (error,) = dags.import_errors.values()
+    assert f"{folder / 'b.yaml'}: name 'same' is already the model of {folder / 'a.yaml'}" in error
+
+
+def test_parse_is_fast_and_imports_nothing_heavy(tmp_path):
+    """Ten models (twenty DAGs) parse in a fresh interpreter with no MLflow, network or Airflow connections."""
+    folder = model_folder(tmp_path, **{f"m{i}": {"name": f"model-{i}"} for i in range(10)})
     code = f"""
 import json, sys, time
-import airflow.sdk  # Airflow itself is not the DAG's cost
+import airflow.sdk  # Airflow itself is not the DAGs' cost
 from airflow.dag_processing.dagbag import DagBag
 start = time.perf_counter()
 bag = DagBag(dag_folder={str(REPO / 'dags')!r})
 elapsed = time.perf_counter() - start
-print(json.dumps({{"elapsed": elapsed, "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+print(json.dumps({{"elapsed": elapsed, "dags": len(bag.dag_ids),
+                  "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
                   "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
     env["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"  # would fail loudly if anything connected
+    env["CT_CONFIG_DIR"] = str(folder)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["errors"] == {}
+    assert result["errors"] == {} and result["dags"] == 20
     assert result["heavy"] == [], f"heavy modules imported at parse time: {result['heavy']}"
-    assert result["elapsed"] < 2.0, f"DAG parse took {result['elapsed']:.2f}s"
+    assert result["elapsed"] < 3.0, f"parsing 20 DAGs took {result['elapsed']:.2f}s"
+    print(f"\n20 DAGs (10 models) parsed in {result['elapsed']:.2f}s")

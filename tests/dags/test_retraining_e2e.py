@@ -1,13 +1,15 @@
-"""The retraining DAG end to end with `dag.test()`: real Airflow (SQLite), a real MLflow store, the
-ONNX model served by a real process on 127.0.0.1. The scenarios build on each other, in file order,
-as a model's life would: bootstrap, quiet window, covariate drift, forced re-run of one DAG run,
-concept drift, a worse challenger, and bad data.
+"""A model's retraining DAG (`<name>.retrain`) end to end with `dag.test()`: real Airflow (SQLite), a real
+MLflow store, the ONNX model served by a real process on 127.0.0.1. The scenarios build on each other, in
+file order, as a model's life would: bootstrap (and what it leaves in MLflow and on the DAG run), quiet
+window, covariate drift, forced re-run of one DAG run, concept drift, a worse challenger, bad data, then
+rollbacks: the CLI's, the rollback DAG's (`<name>.rollback`) and `deploy --version`.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.request
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,32 +24,52 @@ _DATES = iter(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(hours=i) for i in ran
 
 @pytest.fixture(scope="module")
 def env(module_ct_home: Path, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import os
+
     from airflow.dag_processing.dagbag import DagBag
 
     from tests.conftest import REPO
 
-    bag = DagBag(dag_folder=str(REPO / "dags"))
+    folder = tmp_path_factory.mktemp("config")
+    config = write_config(folder)
+    os.environ["CT_CONFIG_DIR"] = str(folder)  # the DAG files build one DAG pair per config in this folder
+    try:
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+    finally:
+        os.environ.pop("CT_CONFIG_DIR")
     assert not bag.import_errors, bag.import_errors
-    config = write_config(tmp_path_factory.mktemp("config"))
-    return {"dag": bag.get_dag("retraining"), "config": str(config), "home": module_ct_home,
-            "port": json.loads(json.dumps(__import__("yaml").safe_load(config.read_text())))["deploy"]["port"]}
+    assert set(bag.dag_ids) == {f"{MODEL}.retrain", f"{MODEL}.rollback"}
+    return {"dag": bag.get_dag(f"{MODEL}.retrain"), "rollback": bag.get_dag(f"{MODEL}.rollback"),
+            "config": str(config), "home": module_ct_home,
+            "port": __import__("yaml").safe_load(config.read_text())["deploy"]["port"]}
 
 
 def run(env: dict, current: str | None = None, logical_date: datetime | None = None, **conf: object) -> dict:
-    from ml.tracking import safe_name
-
     # Every param explicitly: dag.test() keeps the previous run's conf in the DAG's params otherwise.
-    params = {"config": env["config"], "reference_path": None, "current_path": None, "force_retrain": False, **conf}
+    params = {"reference_path": None, "current_path": None, "force_retrain": False, "training_backend": None,
+              **conf}
     if current:
         params["current_path"] = str(DATA / current)
     when = logical_date or next(_DATES)
     # dag.test() derives the run id from run_after: the same date finds (and clears) the same DAG run.
-    dag_run = env["dag"].test(logical_date=when, run_after=when, run_conf=params)
-    record_path = env["home"] / "runs" / MODEL / safe_name(dag_run.run_id) / "run_record.json"
+    return finished(env, env["dag"].test(logical_date=when, run_after=when, run_conf=params))
+
+
+def finished(env: dict, dag_run: object, run_key: str | None = None) -> dict:
+    """The run record of a finished DAG run, with the DAG run's state, task states and note."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    from ml.tracking import safe_name
+
+    record_path = env["home"] / "runs" / MODEL / safe_name(run_key or dag_run.run_id) / "run_record.json"
     record = json.loads(record_path.read_text())
     record["_state"] = str(dag_run.state)
     record["_tasks"] = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     record["_logical_date"] = dag_run.logical_date
+    with create_session() as session:
+        stored = session.query(DagRun).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).one()
+        record["_note"] = stored.note
     return record
 
 
@@ -68,6 +90,7 @@ def served_version(env: dict) -> str:
 
 def test_first_run_bootstraps_v1_and_serves_it(env):
     record = run(env, "current_unlabelled.csv")
+    env["bootstrap"] = record
     assert record["_state"] == "success", record["errors"]
     assert record["status"] == "promoted" and record["decision"] == "retrain"
     assert record["triggers"] == ["bootstrap"]
@@ -85,6 +108,41 @@ def test_first_run_bootstraps_v1_and_serves_it(env):
     assert record["_tasks"]["retrain.train_kubernetes"] == record["_tasks"]["retrain.train_databricks"] == "skipped"
     assert record["_tasks"]["release.deploy_local"] == "success"
     assert record["_tasks"]["release.deploy_kubernetes"] == "skipped"
+    # the decision and its reason are the DAG run's note
+    assert record["_note"].startswith("**promoted** · decision **retrain**: ") and "champion → v1" in record["_note"]
+
+
+def test_the_registered_version_follows_mlflow_conventions(env):
+    """Signature and input example, datasets whose digests are the window hashes, estimator params, the git
+    commit, a Markdown description (decision, gates, data), the config and its hash as version artifacts."""
+    import mlflow
+
+    from ml.config import config_sha256
+    from ml.tracking import mlflow_client
+
+    client = mlflow_client()
+    version = client.get_model_version(MODEL, "1")
+    record = env["bootstrap"]
+    assert "**Decision:** retrain: " in version.description
+    assert "| challenger_vs_champion | pass |" in version.description
+    assert record["data"]["current_sha256"][:12] in version.description
+    info = mlflow.models.get_model_info(f"models:/{MODEL}/1")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert set(info.signature.inputs.input_names()) >= {"age", "department"}
+    run = client.get_run(version.run_id)
+    datasets = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(datasets) == {f"{MODEL}.reference", f"{MODEL}.current"}
+    for window in ("reference", "current"):
+        dataset = datasets[f"{MODEL}.{window}"]
+        assert dataset.dataset.digest == record["data"][f"{window}_sha256"][:36]
+        assert {t.key: t.value for t in dataset.tags}["ct.sha256"] == record["data"][f"{window}_sha256"]
+    assert run.data.params["estimator.C"] == "1.0" and "estimator.max_iter" in run.data.params
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    assert run.data.tags["mlflow.note.content"].startswith("**promoted**")
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(env["home"] / "v1")))
+    assert (files / "extra_files" / "model.yaml").read_text() == Path(env["config"]).read_text()
+    assert (files / "extra_files" / "model.yaml.sha256").read_text().split()[0] == config_sha256(env["config"])
+    assert version.tags["ct.config_sha256"] == config_sha256(env["config"])
 
 
 def test_no_drift_window_skips(env):
@@ -142,10 +200,22 @@ def test_concept_drift_retrains_because_of_performance_decay(env):
 WEAK = {"estimator": "random_forest", "params": {"n_estimators": 2, "max_depth": 1}}
 
 
+@contextmanager
+def config_for_one_run(env: dict, tmp_path: Path, **changes: object):
+    """The DAG reads its config file at run time: changed settings in the same file, for one run."""
+    config = Path(env["config"])
+    original = config.read_text()
+    config.write_text(write_config(tmp_path, deploy={"port": env["port"]}, **changes).read_text())
+    try:
+        yield
+    finally:
+        config.write_text(original)
+
+
 def test_worse_challenger_is_rejected_champion_stays_and_the_run_is_green(env, tmp_path):
     """The champion is healthy on this window: rejecting a worse challenger is the right decision."""
-    weak = write_config(tmp_path, model=WEAK, deploy={"port": env["port"]})
-    record = run({**env, "config": str(weak)}, "current_concept_drift.csv", force_retrain=True)
+    with config_for_one_run(env, tmp_path, model=WEAK):
+        record = run(env, "current_concept_drift.csv", force_retrain=True)
     assert record["_state"] == "success", record["errors"]
     assert record["status"] == "rejected" and record["champion_kept"] is True and record["notify"] is None
     assert "challenger_vs_champion" in record["failed_gates"]
@@ -189,13 +259,54 @@ def test_rollback_is_one_action(env):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert (result["rolled_back_from"], result["champion"]) == ("4", "3")
-    assert result["move"]["kind"] == "rollback" and "rollback of v4: test" in result["move"]["reason"]
+    assert result["move"]["kind"] == "rollback" and "rollback of v4 to v3: test" in result["move"]["reason"]
     assert registry() == (["1", "2", "3", "4"], "3")
     assert served_version(env) == "3"
 
 
+def rollback_dag(env: dict, **params: object) -> dict:
+    when = next(_DATES)
+    conf = {"version": None, "reason": "test", **params}
+    dag_run = env["rollback"].test(logical_date=when, run_after=when, run_conf=conf)
+    return finished(env, dag_run, run_key=f"rollback-{dag_run.run_id}")
+
+
+def test_rollback_dag_restores_the_previous_champion_and_an_explicit_version(env):
+    from ml.registry import alias_log
+    from ml.tracking import mlflow_client
+
+    back = rollback_dag(env)  # v3 (the CLI's rollback target) had replaced v2
+    assert back["_state"] == "success" and back["status"] == "promoted", back["errors"]
+    assert back["decision"] == "rollback" and "rollback of v3 to v2: test" in back["reason"]
+    assert registry() == (["1", "2", "3", "4"], "2") and served_version(env) == "2"
+    again = rollback_dag(env, version="4")
+    assert again["_state"] == "success" and registry()[1] == "4" and served_version(env) == "4"
+    assert again["_note"].startswith("**promoted** · decision **rollback**")
+    moves = [(m["version"], m["previous"], m["kind"]) for m in alias_log(mlflow_client(), MODEL)
+             if m["alias"] == "champion"]
+    assert moves[-3:] == [("3", "4", "rollback"), ("2", "3", "rollback"), ("4", "2", "rollback")]
+    when = next(_DATES)  # v4 is the champion already: the task fails and nothing moves
+    refused = env["rollback"].test(logical_date=when, run_after=when, run_conf={"version": "4", "reason": "again"})
+    assert str(refused.state) == "failed" and registry()[1] == "4" and served_version(env) == "4"
+
+
+def test_cli_deploy_of_a_version_moves_champion_with_it(env):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "ml", "deploy", "--config", env["config"], "--version", "3"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "CT_HOME": str(env["home"])})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["status"] == "deployed"
+    assert registry() == (["1", "2", "3", "4"], "3") and served_version(env) == "3"  # alias and server in step
+
+
 def test_a_decayed_champion_with_no_acceptable_challenger_fails_and_notifies(env, tmp_path, monkeypatch):
-    """After the rollback v3 serves again; on the concept-drift window it has decayed, and the only
+    """After the CLI deploy v3 serves again; on the concept-drift window it has decayed, and the only
     challenger on offer is a worse one: the run fails and the outcome is posted to the alert webhook."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -217,9 +328,9 @@ def test_a_decayed_champion_with_no_acceptable_challenger_fails_and_notifies(env
     monkeypatch.setenv("AIRFLOW_CONN_CT_ALERTS", json.dumps(
         {"conn_type": "http", "host": "127.0.0.1", "port": server.server_port, "schema": "alerts",
          "password": "alert-token"}))
-    weak = write_config(tmp_path, model=WEAK, deploy={"port": env["port"]}, notify={"connection_id": "ct_alerts"})
     try:
-        record = run({**env, "config": str(weak)}, "current_concept_drift.csv")
+        with config_for_one_run(env, tmp_path, model=WEAK, notify={"connection_id": "ct_alerts"}):
+            record = run(env, "current_concept_drift.csv")
     finally:
         server.shutdown()
     assert record["performance"]["decayed"] is True and record["triggers"] == ["performance_decay"]

@@ -51,3 +51,18 @@ def test_usage_and_config_errors_exit_2(tmp_path):
     assert ml("frobnicate", home=tmp_path / "ct").returncode == 2
     missing = ml("gates", "--config", str(bad).replace("bad", "nope"), home=tmp_path / "ct")
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_a_run_that_needs_approval_stops_before_deploying_and_says_how_to_go_on(tmp_path):
+    """promotion.approval: required outside Airflow: nobody can approve, so the version is registered, nothing
+    is deployed, the champion does not move, and the record names the command that would release it."""
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path / "c", promotion={"approval": "required"})
+    out = ml("run", "--config", str(config), "--current", str(DATA / "current_unlabelled.csv"), home=tmp_path / "ct")
+    assert out.returncode == 0, out.stderr  # waiting for a person is no failure
+    record = json.loads(out.stdout)
+    assert record["status"] == "not_approved" and record["challenger_version"] == "1"
+    assert record["approval"]["decision"] == "pending" and "python -m ml deploy --version 1" in \
+        record["approval"]["detail"]
+    assert record["deployment"]["status"] is None and not record["promoted"] and record["champion_version"] is None

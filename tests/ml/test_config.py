@@ -72,3 +72,30 @@ def test_with_data_overrides_resolve_against_the_working_directory(tmp_path, mon
     assert config.current_path == str(tmp_path / "new.csv")
     assert config.reference_path == str(tmp_path / "r.csv")
     assert config.with_data(reference="s3://bucket/ref.parquet").reference_path == "s3://bucket/ref.parquet"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"schedule": 5}, "schedule: expected a cron expression or preset"),
+    ({"schedule": {}}, "schedule: give a cron expression, assets, or both"),
+    ({"schedule": {"cron": "@daily", "asets": []}}, "schedule.asets: unknown key"),
+    ({"promotion": {"approval": "maybe"}}, "promotion.approval: Input should be 'auto' or 'required'"),
+    ({"data": {"reference": "r.csv", "current_window": "1 week"}}, "data.current_window: expected null, '<N>d'"),
+    ({"contract": {"max_unseen_fraction": 2}}, "contract.max_unseen_fraction"),
+    ({"task_timeout_s": 5}, "task_timeout_s: Input should be greater than or equal to 60"),
+])
+def test_the_many_models_keys_name_their_problems(change, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, **change}, source="m.yaml")
+    assert message in str(err.value)
+
+
+def test_the_many_models_keys_and_their_defaults():
+    config = parse_config(MINIMAL)
+    assert not config.schedule_is_set and config.promotion.approval == "auto"
+    assert config.promotion.approval_timeout_h == 72 and config.task_timeout_s == 3600
+    assert config.contract.max_unseen_fraction == 0.01 and config.data.current_window is None
+    manual = parse_config({**MINIMAL, "schedule": None, "data": {"reference": "r.csv", "current_window": "7d"}})
+    assert manual.schedule_is_set and manual.schedule is None and manual.data.current_window_hours == 168
+    assets = parse_config({**MINIMAL, "schedule": {"cron": "0 6 * * *", "assets": ["current_window"]}})
+    assert assets.schedule.cron == "0 6 * * *" and assets.schedule.assets == ["current_window"]
+    assert parse_config({**MINIMAL, "promotion": {"approval": "required"}}).promotion.approval_required

@@ -82,3 +82,20 @@ def test_target_rules():
     assert any("single class" in p for p in problems)
     no_target = check_contract(config, _window(ref.drop(columns="y")), None).problems
     assert any("target column 'y' missing from reference window" in p for p in no_target)
+
+
+def test_unseen_categories_below_the_fraction_warn_and_above_it_block():
+    """contract.max_unseen_fraction: one odd request among many is counted, not a blocked window."""
+    config = parse_config({"name": "m", "target": "y", "positive_class": 1, "features": {"categorical": ["c"]},
+                           "data": {"reference": "r.csv"},
+                           "contract": {"min_rows": 1, "max_unseen_fraction": 0.05}})
+    ref = pd.DataFrame({"c": ["x", "y"] * 10, "y": [0, 1] * 10})
+    few = pd.DataFrame({"c": ["x"] * 99 + ["zzz"]})  # 1%
+    result = check_contract(config, _window(ref), _window(few))
+    assert result.passed
+    assert result.warnings == ["column 'c' in current window has 1 rows (1.0%) with categories never seen in "
+                               "reference, e.g. 'zzz': within contract.max_unseen_fraction 5.0%"]
+    many = pd.DataFrame({"c": ["x"] * 90 + ["zzz"] * 10})  # 10%
+    blocked = check_contract(config, _window(ref), _window(many))
+    assert not blocked.passed and "10 rows (10.0%)" in blocked.problems[0]
+    assert "above contract.max_unseen_fraction 5.0%" in blocked.problems[0]

@@ -145,3 +145,77 @@ def test_unwritable_root_fails_at_start(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError):
         PredictionLogWriter(blocker / "log").start()
+
+
+# ---- windows bounded by time, smoke traffic left out -----------------------------------------------
+
+def test_since_and_until_bound_the_window_by_timestamp(log_dir):
+    since = datetime(2025, 6, 1, 13, tzinfo=UTC)  # after a's and b's 12:00 on the first day
+    frame = read_prediction_log(log_dir, label_column="y", since=since)
+    assert frame["prediction_id"].tolist() == ["c" * 32, "d" * 32]
+    assert frame["y"].tolist()[0] == "0"  # c's label, given two days later, still joins
+    until = datetime(2025, 6, 2, 12, tzinfo=UTC)  # inclusive
+    assert read_prediction_log(log_dir, since=since, until=until)["prediction_id"].tolist() == ["c" * 32]
+    assert read_prediction_log(log_dir, until=datetime(2025, 5, 31, tzinfo=UTC)).empty
+
+
+@pytest.mark.parametrize(("window", "promoted_at", "expected"), [
+    (None, None, None),
+    ("7d", None, datetime(2025, 6, 3, 12, tzinfo=UTC)),
+    ("36h", "2025-06-01T00:00:00+00:00", datetime(2025, 6, 9, 0, tzinfo=UTC)),
+    ("since_champion", "2025-06-08T09:30:00+00:00", datetime(2025, 6, 8, 9, 30, tzinfo=UTC)),
+    ("since_champion", None, None),  # no champion yet: everything
+])
+def test_window_since(window, promoted_at, expected):
+    from ml.predlog import window_since
+
+    as_of = datetime(2025, 6, 10, 12, tzinfo=UTC)
+    assert window_since(window, as_of=as_of, champion_promoted_at=promoted_at) == expected
+
+
+def test_smoke_traffic_is_logged_as_such_and_left_out_of_the_window(tmp_path):
+    from ml.predlog import SMOKE
+
+    writer = PredictionLogWriter(tmp_path, flush_interval_s=0.01)
+    writer.start()
+    writer.log_prediction("u" * 32, ts("2025-06-01"), "4", {"age": 30}, "1", {"1": 0.7, "0": 0.3})
+    writer.log_prediction("s" * 32, ts("2025-06-01"), "4", {"age": 99}, "1", {"1": 0.7, "0": 0.3}, SMOKE)
+    writer.close()
+    lines = [json.loads(line) for f in (tmp_path / PREDICTIONS).rglob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [line.get("traffic") for line in lines] == [None, "smoke"]  # users' lines keep their format
+    assert read_prediction_log(tmp_path)["prediction_id"].tolist() == ["u" * 32]
+    assert read_prediction_log(tmp_path, include_smoke=True)["prediction_id"].tolist() == ["u" * 32, "s" * 32]
+
+
+def test_the_smoke_test_marks_its_requests(tmp_path):
+    """ml.deploy.smoke sends X-CT-Traffic: smoke on every request (seen by a real HTTP server)."""
+    import http.server
+    import threading
+
+    from ml.deploy.smoke import smoke_test
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(self.headers.get("X-CT-Traffic"))
+            body = json.dumps({"status": "ok", "model_version": "1"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = smoke_test(f"http://127.0.0.1:{server.server_address[1]}", [{"age": 1.0}], "1")
+    finally:
+        server.shutdown()
+    assert not result.passed  # this server is no model server; the headers are the point
+    assert len(seen) >= 3 and set(seen) == {"smoke"}

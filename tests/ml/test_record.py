@@ -10,6 +10,7 @@ from ml.decision import Decision
 from ml.deploy import DeployResult
 from ml.gates import GateReport, GateResult
 from ml.record import build_record, run_status
+from ml.registry import Approval
 from ml.state import RunState, Step, StepError, StepRecord, Validation
 from tests.ml.test_state import EXAMPLES
 
@@ -19,6 +20,7 @@ PASSING = GateReport({"min_roc_auc": GateResult(True, 0.81, 0.7, "ok")}, champio
 REJECTED = GateReport({"challenger_vs_champion": GateResult(False, -0.1, -0.02, "worse")}, champion_version="1")
 ROLLED_BACK = DeployResult("local", "2", "1", "rolled_back", True, "http://127.0.0.1:1", "smoke test failed")
 FAILED_DEPLOY = dataclasses.replace(ROLLED_BACK, status="failed", rolled_back=False, url=None)
+REJECTED_BY = Approval(version="2", decision="rejected", by="alice", at="2026-01-02T09:00:00+00:00")
 
 
 def state(*results: tuple[Step, object], errors: dict[Step, str] | None = None) -> RunState:
@@ -48,6 +50,12 @@ def through(last: Step, **replaced: object) -> list[tuple[Step, object]]:
     (through(Step.DEPLOY, deploy=FAILED_DEPLOY), None, "failed"),
     (through(Step.PROMOTE), None, "promoted"),
     (through(Step.REGISTER), None, "failed"),  # retrain decided, nothing promoted: not a success
+    # promotion.approval: required: a person said no, nobody answered in time, or nobody could answer
+    (through(Step.APPROVE, approve=REJECTED_BY), None, "not_approved"),
+    (through(Step.APPROVE, approve=dataclasses.replace(REJECTED_BY, decision="timed_out", by=None)), None,
+     "not_approved"),
+    (through(Step.APPROVE, approve=Approval(version="2", decision="pending")), None, "not_approved"),
+    (through(Step.APPROVE), None, "failed"),  # approved, then nothing deployed: not a success
 ])
 def test_status_rules(results, errors, status):
     assert run_status(state(*results, errors=errors)) == status
@@ -91,7 +99,21 @@ def test_a_promoted_record_carries_every_section():
                         "data", "contract", "drift", "performance", "decision", "reason", "triggers", "rule",
                         "decision_inputs", "training",
                         "gates", "failed_gates", "challenger_version", "promoted", "champion_version", "deployment",
-                        "errors", "champion_kept", "notify", "timings"}
+                        "errors", "champion_kept", "notify", "timings", "approval"}
+    assert doc["approval"] == {"version": "2", "decision": "approved", "by": "admin",
+                               "at": "2026-01-01T00:00:00+00:00", "detail": "approved by admin"}
+
+
+def test_a_rejected_approval_is_recorded_with_who_and_when_and_is_no_failure():
+    from ml.explain import run_note
+
+    record = build_record(state(*through(Step.APPROVE, approve=REJECTED_BY)), model="m", run_id="r")
+    assert record.status == "not_approved" and record.failure() is None and not record.promoted
+    assert record.approval["by"] == "alice" and record.approval["at"] == "2026-01-02T09:00:00+00:00"
+    assert record.champion_version == "1"  # the champion the attempt compared with stays
+    note = run_note(record)
+    assert note.startswith("**not_approved** · decision **retrain**: drift")
+    assert "approval rejected by alice at 2026-01-02T09:00:00+00:00" in note and "champion stays v1" in note
 
 
 def test_a_skipped_drift_reads_as_not_measured():

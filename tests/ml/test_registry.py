@@ -6,7 +6,9 @@ from ml.errors import RegistryError
 from ml.registry import (
     ALIAS_LOG_TAG,
     CHAMPION,
+    LEDGER_POINTER_TAG,
     SHA_TAG,
+    alias_log,
     fetch_onnx,
     move_alias,
     register_version,
@@ -65,17 +67,50 @@ def test_alias_moves_are_logged_and_rollback_is_one_lookup(logged_model):
     assert move.previous == "1" and move.by.startswith("cli:")
     again = move_alias(client, "reg-test", CHAMPION, v2.version, reason="again")  # no-op: the recorded move
     assert (again.previous, again.reason) == ("1", "drift")
-    log = json.loads(client.get_registered_model("reg-test").tags[ALIAS_LOG_TAG])
+    log = alias_log(client, "reg-test")
     assert [(e["version"], e["previous"], e["reason"]) for e in log] == [("1", None, "bootstrap"), ("2", "1", "drift")]
+    assert ALIAS_LOG_TAG not in client.get_registered_model("reg-test").tags  # the capped tag is not written
     assert client.get_model_version("reg-test", "2").tags["ct.champion.previous"] == "1"
     assert rollback_target(client, "reg-test") == ("2", "1")
     assert str(version_by_alias(client, "reg-test", CHAMPION).version) == "2"
     assert mlflow.get_tracking_uri().startswith("sqlite:")
 
-    # The audit log is capped; when the champion's entry has been trimmed away, the version's own
-    # ct.champion.* stamp still names the version to return to.
-    client.set_registered_model_tag("reg-test", ALIAS_LOG_TAG, "[]")
-    assert rollback_target(client, "reg-test") == ("2", "1")
+
+def two_versions(logged_model, name):
+    client, run_id, info, sha = logged_model
+    v1, _ = register_version(client, name, info.model_uri, info.model_id, run_id, {SHA_TAG: sha})
+    run2 = client.create_run(client.get_experiment_by_name("reg-test").experiment_id)
+    v2, _ = register_version(client, name, info.model_uri, info.model_id, run2.info.run_id, {SHA_TAG: sha})
+    return client, str(v1.version), str(v2.version)
+
+
+def test_the_ledger_keeps_100_moves_intact_and_in_order(logged_model):
+    """Unbounded: every move is one file of the ledger run, none trimmed (the old tag held about 30)."""
+    client, v1, v2 = two_versions(logged_model, "ledger-100")
+    versions = [v1, v2] * 50
+    for i, version in enumerate(versions):
+        move_alias(client, "ledger-100", CHAMPION, version, reason=f"move {i}: " + "why " * 20)
+    log = alias_log(client, "ledger-100")
+    assert len(log) == 100
+    assert [e["reason"].split(":")[0] for e in log] == [f"move {i}" for i in range(100)]
+    assert [e["version"] for e in log] == versions
+    assert [e["previous"] for e in log] == [None, *versions[:-1]]
+    assert all(e["alias"] == CHAMPION and e["kind"] == "promote" and e["by"].startswith("cli:") for e in log)
+    ledger_run = client.get_registered_model("ledger-100").tags[LEDGER_POINTER_TAG]
+    assert len(client.list_artifacts(ledger_run, "alias_moves")) == 100
+    assert rollback_target(client, "ledger-100") == (v2, v1)
+
+
+def test_moves_recorded_in_the_old_capped_tag_are_still_read(logged_model):
+    client, v1, v2 = two_versions(logged_model, "ledger-legacy")
+    old = [{"alias": CHAMPION, "version": v1, "previous": None, "by": "cli:old", "reason": "bootstrap",
+            "at": "2025-01-01T00:00:00+00:00", "kind": "promote"}]
+    client.set_registered_model_tag("ledger-legacy", ALIAS_LOG_TAG, json.dumps(old))
+    client.set_registered_model_alias("ledger-legacy", CHAMPION, v1)
+    move_alias(client, "ledger-legacy", CHAMPION, v2, reason="drift")
+    assert [(e["version"], e["by"]) for e in alias_log(client, "ledger-legacy")][0] == (v1, "cli:old")
+    assert [e["version"] for e in alias_log(client, "ledger-legacy")] == [v1, v2]
+    assert rollback_target(client, "ledger-legacy") == (v2, v1)
 
 
 def test_a_failed_alias_move_leaves_its_record_and_a_retry_completes_it(logged_model, monkeypatch):
@@ -119,3 +154,20 @@ def test_mlflow_client_leaves_the_environment_alone(ct_home):
 
     mlflow_client()
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_rollback_to_an_explicit_version_refuses_the_champion_and_unknown_versions(logged_model):
+    """Checked before anything is deployed: the errors name the version and what is registered."""
+    from ml.config import parse_config
+    from ml.errors import StateError
+    from ml.pipeline import rollback
+
+    client, v1, v2 = two_versions(logged_model, "reg-rollback")
+    move_alias(client, "reg-rollback", CHAMPION, v2, reason="bootstrap")
+    config = parse_config({"name": "reg-rollback", "target": "y", "positive_class": 1,
+                           "features": {"numeric": ["a"]}, "data": {"reference": "r.csv"}})
+    with pytest.raises(StateError, match=f"v{v2} is already the champion of 'reg-rollback'"):
+        rollback(config, "test", version=v2)
+    with pytest.raises(StateError, match=f"'reg-rollback' has no version 9 \\(registered: {v1}, {v2}\\)"):
+        rollback(config, "test", version="9")
+    assert str(version_by_alias(client, "reg-rollback", CHAMPION).version) == v2

@@ -236,8 +236,7 @@ def test_the_search_report_round_trips_through_the_train_result(windows):
     """The train step's result crosses processes as JSON (ml.result): the search comes back typed."""
     import json
 
-    from ml.train import CandidateResult, SearchReport
-    from ml.train import TrainResult
+    from ml.train import CandidateResult, SearchReport, TrainResult
 
     best = fit_challenger(search_config(["logistic_regression"]), *windows)
     result = TrainResult(model_id="m", model_uri="models:/m", onnx_sha256="0" * 64, onnx_size_bytes=1,

@@ -13,7 +13,7 @@ from ml.deploy import DeployResult
 from ml.drift import DriftResult, FeatureDrift
 from ml.errors import ContractError, DeployError, GatesFailed, RegistryError, StateError, StepFailed
 from ml.gates import GateReport, GateResult
-from ml.registry import AliasMove, Promotion, Registration
+from ml.registry import AliasMove, Approval, Promotion, Registration
 from ml.state import RESULT_TYPES, RunState, Step, StepError, StepRecord, Validation, step_error
 from ml.train import TrainResult
 
@@ -35,9 +35,11 @@ EXAMPLES = {
     Step.GATES: GateReport({"min_roc_auc": GateResult(True, 0.81, 0.7, "ok"),
                             "size": GateResult(False, 60.0, 50.0, "too big")}, champion_version="1"),
     Step.REGISTER: Registration(version="2", created=True, challenger_alias=MOVE),
+    Step.APPROVE: Approval(version="2", decision="approved", by="admin", at="2026-01-01T00:00:00+00:00",
+                           detail="approved by admin"),
     Step.DEPLOY: DeployResult("local", "2", "1", "deployed", False, "http://127.0.0.1:1", "ok",
                               {"passed": True, "detail": "ok", "checks": ["health"], "latency_ms": 1.0}),
-    Step.PROMOTE: Promotion(version="2", previous="1", promoted=True, move=MOVE),
+    Step.PROMOTE: Promotion(version="2", previous="1", promoted=True, move=MOVE, sha256="c" * 64),
 }
 
 
@@ -138,7 +140,7 @@ def test_a_revalidated_run_decides_without_the_earlier_drift(ct_home, config_pat
     run_step(Step.VALIDATE, ctx)
     assert run_step(Step.DRIFT, ctx).result.dataset_drift is True
     run_step(Step.VALIDATE, ctx)  # a retry of the run: a new attempt
-    state = ctx.load_state()
+    state = RunState.load(ctx)
     assert state.get(Step.DRIFT, DriftResult) is None and state.last_record(Step.DRIFT) is not None
     decision = run_step(Step.DECIDE, ctx).result
     assert decision.decision == "retrain" and decision.triggers == ["bootstrap"]
@@ -175,4 +177,4 @@ def test_each_step_reads_each_earlier_record_at_most_once(ct_home, config_path, 
         assert all(n == 1 for n in records.values()), (step, records)
         # validate opens a new attempt and reads nothing; every other step reads what is stored, once
         assert set(records) == (set() if step is Step.VALIDATE else stored), (step, sorted(records))
-    assert len(stored) == len(Step) - 1  # every step before promote had stored its record
+    assert len(stored) == len(Step) - 2  # every step before promote (but approve: not required) had stored its record

@@ -322,7 +322,7 @@ def test_the_dag_routes_kubernetes_configs_to_these_operators(tmp_path):
     spec = importlib.util.spec_from_file_location("retraining_dag_under_test", REPO / "dags" / "retraining.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    dag = module.dag
+    dag = module.DAGS["employee-attrition.retrain"]  # one DAG per config in configs/
     assert isinstance(dag.get_task("retrain.train_kubernetes"), KubernetesTrainOperator)
     assert isinstance(dag.get_task("release.deploy_kubernetes"), KubernetesDeployOperator)
     config = write_config(tmp_path / "c", training={"backend": "kubernetes"}, deploy={"target": "kubernetes"})

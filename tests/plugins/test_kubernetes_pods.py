@@ -145,7 +145,7 @@ def registered(trained, fakes):
     from ml.export import OnnxModel
     from ml.pipeline import run_step
     from ml.registry import fetch_onnx
-    from ml.state import Step
+    from ml.state import RunState, Step
     from ml.train import TrainResult
 
     ctx, summary, _ = trained
@@ -153,7 +153,7 @@ def registered(trained, fakes):
     version = run_step("register", ctx).result.version
     path, sha256 = fetch_onnx(ctx.client, ctx.config.name, version, ctx.work_dir / "registered")
     model = OnnxModel.load(path, expected_sha256=sha256)
-    classes = [str(c) for c in ctx.load_state().require(Step.TRAIN, TrainResult).classes]
+    classes = [str(c) for c in RunState.load(ctx).require(Step.TRAIN, TrainResult).classes]
 
     def predict(served_version: str, records: list[dict]) -> list[dict[str, float]]:
         assert served_version == version

@@ -182,3 +182,15 @@ def test_multiclass_label_is_argmax(tmp_path):
         assert body["label"] == "high" and max(body["probabilities"], key=body["probabilities"].get) == "high"
         assert client.post("/feedback", json={"prediction_id": body["prediction_id"], "label": "mid"}
                            ).status_code == 503  # logging disabled
+
+
+def test_smoke_traffic_is_marked_in_the_prediction_log(app_client, record, tmp_path):
+    """X-CT-Traffic (what the deploy smoke test sends) reaches the log; the window reader leaves it out."""
+    from ml.predlog import read_prediction_log
+
+    user = app_client.post("/predict", json=record).json()["prediction_id"]
+    smoke = app_client.post("/predict/batch", json={"records": [record]}, headers={"X-CT-Traffic": "smoke"})
+    assert smoke.status_code == 200
+    app_client.__exit__(None, None, None)  # lifespan end: the writer drains and closes
+    assert read_prediction_log(tmp_path / "log")["prediction_id"].tolist() == [user]
+    assert len(read_prediction_log(tmp_path / "log", include_smoke=True)) == 2
