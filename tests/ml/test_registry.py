@@ -77,7 +77,10 @@ def test_alias_moves_are_logged_and_rollback_is_one_lookup(logged_model):
 
 
 def two_versions(logged_model, name):
-    client, run_id, info, sha = logged_model
+    _, run_id, info, sha = logged_model
+    # MLflow resolves models:/ sources with its global tracking URI: point it at this module's store again
+    # (a test in between used a store of its own)
+    client = mlflow_client()
     v1, _ = register_version(client, name, info.model_uri, info.model_id, run_id, {SHA_TAG: sha})
     run2 = client.create_run(client.get_experiment_by_name("reg-test").experiment_id)
     v2, _ = register_version(client, name, info.model_uri, info.model_id, run2.info.run_id, {SHA_TAG: sha})
