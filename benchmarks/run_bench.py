@@ -99,13 +99,17 @@ def run_size(rows: int, scratch: Path, dag: bool) -> dict[str, object]:
 def dag_share(config: Path, env: dict[str, str]) -> dict[str, float]:
     """Wall time of the same run under `airflow dags test` vs the step functions' own time."""
     home = Path(env["CT_HOME"]) / "airflow"
+    # the DAG files make one `<name>.retrain` DAG per config in CT_CONFIG_DIR: the folder holding only this one
     airflow_env = {**env, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-                   "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+                   "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                   "CT_CONFIG_DIR": str(config.parent)}
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=airflow_env, capture_output=True, check=True)
-    dag_id = os.environ.get("CT_BENCH_DAG", "retraining")
-    seconds, _, code = timed([airflow, "dags", "test", dag_id, "--conf",
-                              json.dumps({"config": str(config), "force_retrain": True})], airflow_env)
+    dag_id = f"{yaml.safe_load(config.read_text())['name']}.retrain"
+    seconds, _, code = timed([airflow, "dags", "test", dag_id, "--conf", json.dumps({"force_retrain": True})],
+                             airflow_env)
+    if code != 0:
+        raise SystemExit(f"`airflow dags test {dag_id}` failed with exit code {code}")
     records = sorted((Path(env["CT_HOME"]) / "runs").rglob("run_record.json"), key=lambda p: p.stat().st_mtime)
     steps = sum(json.loads(records[-1].read_text()).get("timings", {}).values())
     return {"seconds": round(seconds, 2), "step_seconds": round(steps, 2),

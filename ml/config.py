@@ -172,6 +172,10 @@ class TrainingConfig(_Strict):
     #: auto = all, but on a performance-decay trigger fit both and keep the better on the holdout.
     window: Literal["auto", "all", "current"] = "auto"
     eval_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
+    #: a holdout of fewer rows than this (eval_fraction of the labelled rows) is not held out: every row is
+    #: scored by a fit without its fold (`folds`-fold cross-fitting) and the gates judge all of them
+    min_holdout_rows: int = Field(default=200, ge=0)
+    folds: int = Field(default=5, ge=2, le=20)
     current_weight: float = Field(default=1.0, gt=0.0)
     seed: int = 42
     kubernetes: KubernetesTraining = Field(default_factory=KubernetesTraining)

@@ -283,8 +283,10 @@ def size_gate(size_bytes: int, max_mb: float) -> GateResult:
 def evaluate_gates(config: ModelConfig, *, y: np.ndarray, challenger_proba: np.ndarray,
                    sklearn_proba: np.ndarray, champion_proba: np.ndarray | None, champion_version: str | None,
                    groups: pd.Series | None, latency_p99_ms: float, size_bytes: int,
-                   champion_decayed: bool = False) -> GateReport:
-    """All gates, in a fixed order. Inputs are the holdout labels and each model's probabilities."""
+                   champion_decayed: bool = False, onnx_proba: np.ndarray | None = None) -> GateReport:
+    """All gates, in a fixed order. Inputs are the holdout labels and each model's probabilities: the
+    challenger's as judged, and (parity) the fitted pipeline's and the served ONNX model's on the same rows
+    (`onnx_proba`, default `challenger_proba`: they differ when the holdout was cross-fitted)."""
     g = config.gates
     threshold = config.model.threshold
     results: dict[str, GateResult] = {}
@@ -296,7 +298,8 @@ def evaluate_gates(config: ModelConfig, *, y: np.ndarray, challenger_proba: np.n
     results["fairness"] = fairness_gate(groups, challenger_proba, threshold, g.fairness_min_ratio,
                                         g.fairness_min_group_size, config.sensitive_feature, g.confidence,
                                         block_unevaluable=g.fairness_unevaluable == "block")
-    results["onnx_parity"] = parity_gate(sklearn_proba, challenger_proba, g.parity_tolerance)
+    results["onnx_parity"] = parity_gate(sklearn_proba, challenger_proba if onnx_proba is None else onnx_proba,
+                                         g.parity_tolerance)
     results["latency"] = latency_gate(latency_p99_ms, g.max_latency_ms)
     results["size"] = size_gate(size_bytes, g.max_size_mb)
     return GateReport(results, champion_version=champion_version, champion_decayed=champion_decayed)

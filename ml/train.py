@@ -47,6 +47,16 @@ class TrainingData:
     y_eval: np.ndarray
     eval_source: str  # "current" or "reference"
     classes: list[str]
+    #: cross-fitting (a holdout of fewer than training.min_holdout_rows): every row of the holdout source is
+    #: a holdout row AND a training row; eval_folds gives each holdout row its fold, train_folds each training
+    #: row its fold (-1: in every fit), and a holdout row is scored by the fit that left its fold out
+    eval_folds: np.ndarray | None = None
+    train_folds: np.ndarray | None = None
+
+    @property
+    def folds(self) -> int:
+        """How many folds the holdout was cross-fitted with (0: a held-out split)."""
+        return 0 if self.eval_folds is None else int(self.eval_folds.max()) + 1
 
 
 @dataclass(frozen=True)
@@ -55,18 +65,26 @@ class Challenger:
 
     pipeline: Any
     data: TrainingData
-    eval_proba: np.ndarray
-    metrics: dict[str, float]
+    eval_proba: np.ndarray  # the fitted pipeline's probabilities on the holdout rows (what ONNX must match)
+    metrics: dict[str, float]  # on scored_proba
     estimator: str
     params: dict[str, Any] = field(default_factory=dict)
     window: str = "all"
     candidates: dict[str, float] = field(default_factory=dict)  # window -> holdout metric, when several
     onnx: bytes | None = None  # already exported and checked (model.estimator auto)
     search: SearchReport | None = None
+    #: cross-fitting: each holdout row's probabilities from the fit without its fold (what is judged)
+    cross_fitted_proba: np.ndarray | None = None
+
+    @property
+    def scored_proba(self) -> np.ndarray:
+        """The probabilities the holdout metrics and the gates judge: of rows the model did not learn from."""
+        return self.eval_proba if self.cross_fitted_proba is None else self.cross_fitted_proba
 
     @property
     def holdout(self) -> Holdout:
-        return Holdout(frame=self.data.eval_frame, y=self.data.y_eval, sklearn_proba=self.eval_proba)
+        return Holdout(frame=self.data.eval_frame, y=self.data.y_eval, sklearn_proba=self.eval_proba,
+                       cross_fitted_proba=self.cross_fitted_proba)
 
 
 Status = Literal["chosen", "scored", "excluded", "skipped", "failed"]
@@ -116,7 +134,7 @@ class TrainResult(Result):
     """The train step's result: the logged challenger and how it was trained."""
 
     summary_fields = ("model_id", "model_uri", "onnx_sha256", "estimator", "train_rows", "eval_rows",
-                      "eval_source", "metrics")
+                      "eval_source", "eval_folds", "metrics")
 
     model_id: str
     model_uri: str
@@ -129,6 +147,8 @@ class TrainResult(Result):
     metrics: dict[str, float]
     classes: list[str]
     window: str = "all"
+    #: >= 2: the holdout was too small to hold out (training.min_holdout_rows) and was cross-fitted instead
+    eval_folds: int = 0
     candidates: dict[str, float] = field(default_factory=dict)
     #: the estimator's parameters as fitted: its defaults, model.params, the bounds of ml.estimators
     params: dict[str, Any] = field(default_factory=dict)
@@ -140,22 +160,30 @@ class TrainResult(Result):
 HOLDOUT_ARTIFACT = "challenger/holdout.parquet"
 _LABEL_COLUMN = "__ct_y"
 _PROBA_PREFIX = "__ct_sklearn_p"
+_CROSS_FITTED_PREFIX = "__ct_cross_fitted_p"
 
 
 @dataclass(frozen=True)
 class Holdout:
-    """Raw holdout rows (every column), their class indices and the fitted pipeline's probabilities."""
+    """Raw holdout rows (every column), their class indices and the fitted pipeline's probabilities; when
+    the holdout was cross-fitted, also each row's probabilities from the fit that left its fold out."""
 
     frame: pd.DataFrame
     y: np.ndarray
     sklearn_proba: np.ndarray
+    cross_fitted_proba: np.ndarray | None = None
+
+    def judged(self, served_proba: np.ndarray) -> np.ndarray:
+        """What the gates judge: the cross-fitted probabilities, else the served model's own on these rows."""
+        return served_proba if self.cross_fitted_proba is None else self.cross_fitted_proba
 
     def write(self, path: Path) -> None:
         """One Parquet file: the rows, plus the label and the probabilities under reserved column names."""
         table = self.frame.copy()
         table[_LABEL_COLUMN] = self.y
-        for i in range(self.sklearn_proba.shape[1]):
-            table[f"{_PROBA_PREFIX}{i}"] = self.sklearn_proba[:, i]
+        for prefix, proba in ((_PROBA_PREFIX, self.sklearn_proba), (_CROSS_FITTED_PREFIX, self.cross_fitted_proba)):
+            for i in range(0 if proba is None else proba.shape[1]):
+                table[f"{prefix}{i}"] = proba[:, i]
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_parquet(path, index=False)
 
@@ -164,10 +192,14 @@ class Holdout:
         import pandas as pd
 
         table = pd.read_parquet(path)
-        proba = sorted((c for c in table.columns if c.startswith(_PROBA_PREFIX)),
-                       key=lambda c: int(c[len(_PROBA_PREFIX):]))
-        return cls(frame=table.drop(columns=[*proba, _LABEL_COLUMN]), y=table[_LABEL_COLUMN].to_numpy(),
-                   sklearn_proba=table[proba].to_numpy())
+
+        def columns(prefix: str) -> list[str]:
+            return sorted((c for c in table.columns if c.startswith(prefix)), key=lambda c: int(c[len(prefix):]))
+
+        proba, cross_fitted = columns(_PROBA_PREFIX), columns(_CROSS_FITTED_PREFIX)
+        return cls(frame=table.drop(columns=[*proba, *cross_fitted, _LABEL_COLUMN]),
+                   y=table[_LABEL_COLUMN].to_numpy(), sklearn_proba=table[proba].to_numpy(),
+                   cross_fitted_proba=table[cross_fitted].to_numpy() if cross_fitted else None)
 
 
 #: The share of gates.max_size_mb the bounds of ml.estimators give a tree ensemble: the file stays small
@@ -290,49 +322,89 @@ def scored_challenger(config: ModelConfig, pipeline: Any, data: TrainingData, es
     from ml.metrics import all_scores
 
     proba = pipeline.predict_proba(model_frame(data.eval_frame, config))
-    metrics = all_scores(data.y_eval, proba, config.model.threshold)
-    log.info("challenger %s (%s window) holdout metrics: %s", estimator, window,
+    cross_fitted = cross_fitted_proba(config, estimator, params, data) if data.folds else None
+    metrics = all_scores(data.y_eval, proba if cross_fitted is None else cross_fitted, config.model.threshold)
+    log.info("challenger %s (%s window) %s metrics: %s", estimator, window,
+             f"{data.folds}-fold cross-fitted" if data.folds else "holdout",
              {k: round(v, 4) for k, v in metrics.items()})
     return Challenger(pipeline=pipeline, data=data, eval_proba=proba, metrics=metrics, estimator=estimator,
-                      params=params, window=window, **extra)
+                      params=params, window=window, cross_fitted_proba=cross_fitted, **extra)
+
+
+def cross_fitted_proba(config: ModelConfig, estimator: str, params: dict[str, Any], data: TrainingData) -> np.ndarray:
+    """Every holdout row scored by `estimator` (the same parameters) fitted without the row's fold."""
+    import numpy as np
+
+    assert data.eval_folds is not None and data.train_folds is not None
+    features = model_frame(data.eval_frame, config)
+    proba = np.zeros((len(features), len(data.classes)))
+    for fold in range(data.folds):
+        keep = data.train_folds != fold
+        pipeline, _ = fit_pipeline(config, estimator, params, data.x_train[keep], data.y_train[keep],
+                                   data.weights[keep], len(data.classes))
+        rows = np.flatnonzero(data.eval_folds == fold)
+        # a fold may leave a rare class out of its fit: its column stays 0 for these rows
+        proba[np.ix_(rows, pipeline.classes_)] = pipeline.predict_proba(features.iloc[rows])
+    return proba
 
 
 def split_training_data(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None,
                         current_only: bool = False) -> TrainingData:
-    """Deterministic train/holdout split (seeded, stratified)."""
+    """Deterministic train/holdout split (seeded, stratified); cross-fitted folds instead when the holdout
+    would have fewer than training.min_holdout_rows rows."""
     import numpy as np
     import pandas as pd
-    from sklearn.model_selection import train_test_split
 
-    seed, fraction = config.training.seed, config.training.eval_fraction
     classes = class_labels(config, reference)
     ref = reference.reset_index(drop=True)
     cur = labelled(current, config).reset_index(drop=True) if current is not None else ref.iloc[0:0]
-
-    def split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        y = encode_target(frame[config.target], config, classes)
-        stratify = y if np.bincount(y).min(initial=len(y)) >= 2 else None
-        return train_test_split(frame, test_size=fraction, random_state=seed, stratify=stratify)
-
+    weight = config.training.current_weight
     if len(cur) >= config.performance.min_labelled_rows:
-        cur_train, holdout = split(cur)
+        cur_train, holdout, folds = _split(config, cur, classes)
         if current_only:
             ref = ref.iloc[0:0]
-        train = pd.concat([ref, cur_train], ignore_index=True)
-        weights = np.concatenate([np.ones(len(ref)), np.full(len(cur_train), config.training.current_weight)])
-        source = "current"
+        parts, source = [(ref, 1.0, None), (cur_train, weight, folds)], "current"
     else:
-        ref_train, holdout = split(ref)
-        train = pd.concat([ref_train, cur], ignore_index=True)
-        weights = np.concatenate([np.ones(len(ref_train)), np.full(len(cur), config.training.current_weight)])
-        source = "reference"
+        ref_train, holdout, folds = _split(config, ref, classes)
+        parts, source = [(ref_train, 1.0, folds), (cur, weight, None)], "reference"
+    train = pd.concat([frame for frame, _, _ in parts], ignore_index=True)
+    weights = np.concatenate([np.full(len(frame), w) for frame, w, _ in parts])
     y_train = encode_target(train[config.target], config, classes)
     if len(np.unique(y_train)) < 2:
         raise TrainingError(f"training data has a single class of '{config.target}': nothing to learn")
+    train_folds = None if folds is None else np.concatenate(
+        [np.full(len(frame), -1) if f is None else f for frame, _, f in parts])
     return TrainingData(x_train=model_frame(train, config), y_train=y_train, weights=weights,
                         eval_frame=holdout.reset_index(drop=True),
                         y_eval=encode_target(holdout[config.target], config, classes),
-                        eval_source=source, classes=classes)
+                        eval_source=source, classes=classes, eval_folds=folds, train_folds=train_folds)
+
+
+def _split(config: ModelConfig, frame: pd.DataFrame,
+           classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+    """(training rows, holdout rows, None) of a seeded stratified split; or, when the holdout would be
+    smaller than training.min_holdout_rows, (frame, frame, each row's fold) for cross-fitting."""
+    import math
+
+    import numpy as np
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
+    training = config.training
+    y = encode_target(frame[config.target], config, classes)
+    smallest = np.bincount(y).min(initial=len(y))
+    if math.ceil(training.eval_fraction * len(frame)) >= training.min_holdout_rows or len(frame) < 2 * training.folds:
+        stratify = y if smallest >= 2 else None
+        train, holdout = train_test_split(frame, test_size=training.eval_fraction, random_state=training.seed,
+                                          stratify=stratify)
+        return train, holdout, None
+    kind = StratifiedKFold if smallest >= training.folds else KFold
+    folds = np.empty(len(frame), dtype=int)
+    splitter = kind(n_splits=training.folds, shuffle=True, random_state=training.seed)
+    for fold, (_, rows) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        folds[rows] = fold
+    log.info("%d rows give a holdout below training.min_holdout_rows (%d): %d-fold cross-fitting on all of them",
+             len(frame), training.min_holdout_rows, training.folds)
+    return frame, frame, folds
 
 
 def fit_named(config: ModelConfig, data: TrainingData, window: str = "all") -> Challenger:

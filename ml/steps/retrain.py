@@ -64,8 +64,9 @@ def train(run: StepRun) -> TrainResult:
     return TrainResult(model_id=info.model_id, model_uri=info.model_uri, onnx_sha256=model.sha256,
                        onnx_size_bytes=model.size_bytes, estimator=challenger.estimator,
                        train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
-                       eval_source=challenger.data.eval_source, metrics=challenger.metrics,
-                       classes=challenger.data.classes, window=challenger.window, candidates=challenger.candidates,
+                       eval_source=challenger.data.eval_source, eval_folds=challenger.data.folds,
+                       metrics=challenger.metrics, classes=challenger.data.classes, window=challenger.window,
+                       candidates=challenger.candidates,
                        params=challenger.params, search=challenger.search)
 
 
@@ -90,7 +91,8 @@ def log_search(client: MlflowClient, run_id: str, report: SearchReport) -> None:
 
 
 def gates(run: StepRun) -> GateReport:
-    """Evaluate every gate on the holdout the challenger never saw; the champion judged on the same rows."""
+    """Evaluate every gate on the holdout the challenger never saw (or, cross-fitted, on each row's fit without
+    it); the champion judged on the same rows."""
     from ml.data import model_frame
     from ml.export import OnnxModel
     from ml.gates import evaluate_gates
@@ -106,7 +108,8 @@ def gates(run: StepRun) -> GateReport:
     features = model_frame(holdout.frame, config)
     champion = run.champion_model
     groups = holdout.frame[config.sensitive_feature] if config.sensitive_feature in holdout.frame.columns else None
-    report = evaluate_gates(config, y=holdout.y, challenger_proba=challenger.predict_proba(features),
+    served = challenger.predict_proba(features)
+    report = evaluate_gates(config, y=holdout.y, challenger_proba=holdout.judged(served), onnx_proba=served,
                             sklearn_proba=holdout.sklearn_proba,
                             champion_proba=champion.predict_proba(features) if champion is not None else None,
                             champion_version=run.state.champion_version, groups=groups,
@@ -149,7 +152,7 @@ def register(run: StepRun) -> Registration:
                                       config_file=config.source, config_sha256=config_sha)
     # the label-free estimate of later runs (ml.estimate) reads this version's calibration
     holdout = Holdout.read(ctx.artifact(HOLDOUT_ARTIFACT))
-    tags |= calibration_tag(fit_calibration(holdout.y, holdout.sklearn_proba))
+    tags |= calibration_tag(fit_calibration(holdout.y, holdout.judged(holdout.sklearn_proba)))
     version, created = register_version(ctx.client, config.name, trained.model_uri, trained.model_id,
                                         ctx.mlflow_run_id, tags, description=description)
     move = move_alias(ctx.client, config.name, CHALLENGER, str(version.version),

@@ -79,3 +79,61 @@ def test_best_window_follows_the_holdout(current, expected):
     assert best.window == expected
     assert best.candidates[expected] == max(best.candidates.values())
     assert best.metrics["roc_auc"] == best.candidates[expected]
+
+
+def small_config(**training):
+    config = load_config(DEMO_CONFIG)
+    return config.model_copy(update={"training": config.training.model_copy(update=training)})
+
+
+def test_a_holdout_below_the_minimum_is_cross_fitted_on_every_row(windows, tmp_path):
+    from ml.train import Holdout
+
+    config = small_config()  # 300 labelled current rows: a 30% holdout would be 90 < 200 rows
+    reference, current = windows[0], windows[1].head(300)
+    data = split_training_data(config, reference, current)
+    assert data.folds == 5 and data.eval_source == "current" and len(data.eval_frame) == 300
+    assert len(data.x_train) == 5000 + 300 and (data.train_folds[:5000] == -1).all()
+    assert sorted(np.bincount(data.eval_folds)) == [60] * 5
+    challenger = fit_challenger(config, reference, current)
+    # each row is scored by the fit that left its fold out: refit fold 0 by hand and compare
+    from ml.train import fit_pipeline
+
+    keep = data.train_folds != 0
+    pipeline, _ = fit_pipeline(config, challenger.estimator, challenger.params, data.x_train[keep],
+                               data.y_train[keep], data.weights[keep], 2)
+    rows = data.eval_folds == 0
+    expected = pipeline.predict_proba(model_frame(data.eval_frame[rows], config))
+    assert np.abs(challenger.cross_fitted_proba[rows] - expected).max() < 1e-9
+    assert np.abs(challenger.cross_fitted_proba - challenger.eval_proba).max() > 1e-3  # not the in-sample fit
+    path = tmp_path / "holdout.parquet"
+    challenger.holdout.write(path)
+    back = Holdout.read(path)
+    assert np.array_equal(back.cross_fitted_proba, challenger.cross_fitted_proba)
+    assert np.array_equal(back.sklearn_proba, challenger.eval_proba) and list(back.frame.columns) == list(current.columns)
+    assert back.judged(back.sklearn_proba) is back.cross_fitted_proba
+
+
+def test_a_large_enough_holdout_is_held_out_as_before(windows):
+    data = split_training_data(small_config(min_holdout_rows=0), windows[0], windows[1].head(300))
+    assert data.folds == 0 and len(data.eval_frame) == 90 and data.train_folds is None
+    assert split_training_data(small_config(), *windows).folds == 0  # 600 rows >= 200
+
+
+def test_cross_fitted_metrics_do_not_flatter_a_model_that_memorised_noise():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(400, 8)), columns=[f"f{i}" for i in range(8)])
+    frame["attrition"] = rng.integers(0, 2, 400)  # labels unrelated to the features
+    config = load_config(DEMO_CONFIG).model_copy(deep=True)
+    config = config.model_copy(update={
+        "features": config.features.model_copy(update={"numeric": [f"f{i}" for i in range(8)], "categorical": []}),
+        "model": config.model.model_copy(update={"estimator": "random_forest", "params": {"n_estimators": 50}}),
+        "sensitive_feature": None})
+    challenger = fit_challenger(config, frame.head(100), frame.tail(300))
+    from ml.metrics import score
+
+    in_sample = score("roc_auc", challenger.data.y_eval, challenger.eval_proba, 0.5)
+    assert in_sample > 0.9  # the fitted forest has seen every holdout row
+    assert abs(challenger.metrics["roc_auc"] - 0.5) < 0.1  # what the gates are shown instead
