@@ -68,8 +68,9 @@ def version_description(*, run_key: str, mlflow_run_id: str, decision: Decision 
         + (f", Airflow `{validation.dag_id}` / `{validation.dag_run_id}`)" if validation.dag_id else ")"),
         f"### Gates (all passed, judged against {champion})", gate_table(gates),
         "### Data", data_table(validation),
-        f"### Training\n{trained.estimator} on {trained.train_rows} rows (window `{trained.window}`), holdout "
-        f"{trained.eval_rows} rows from the {trained.eval_source} window: {metrics}",
+        f"### Training\n{trained.estimator} on {trained.train_rows} rows (window `{trained.window}`), "
+        + (f"{trained.eval_folds}-fold cross-fitted on " if trained.eval_folds else "holdout ")
+        + f"{trained.eval_rows} rows from the {trained.eval_source} window: {metrics}",
     ]
     if drift is not None and drift.skipped is None:
         drifted = ", ".join(drift.drifted_features) or "none"

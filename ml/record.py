@@ -190,7 +190,8 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
         decision=verdict, reason=reason, triggers=decision.triggers if decision else [],
         rule=decision.rule if decision else None, decision_inputs=decision.inputs if decision else {},
         training=_section(trained, ("estimator", "params", "window", "candidates", "train_rows", "eval_rows",
-                                    "eval_source", "metrics", "model_uri", "search")) if trained else None,
+                                    "eval_source", "eval_folds", "metrics", "model_uri", "search"))
+        if trained else None,
         gates={name: g.to_dict() for name, g in report.gates.items()} if report else {},
         failed_gates=report.failed if report else [],
         challenger_version=registered.version if registered else None,

@@ -110,7 +110,8 @@ def test_a_holdout_below_the_minimum_is_cross_fitted_on_every_row(windows, tmp_p
     challenger.holdout.write(path)
     back = Holdout.read(path)
     assert np.array_equal(back.cross_fitted_proba, challenger.cross_fitted_proba)
-    assert np.array_equal(back.sklearn_proba, challenger.eval_proba) and list(back.frame.columns) == list(current.columns)
+    assert np.array_equal(back.sklearn_proba, challenger.eval_proba)
+    assert list(back.frame.columns) == list(current.columns)
     assert back.judged(back.sklearn_proba) is back.cross_fitted_proba
 
 
