@@ -97,8 +97,8 @@ def _run_step(step: Step, ctx: RunContext, state: RunState | None, kwargs: dict[
     if attempt is None:
         raise StateError(f"run {ctx.run_key!r} has no attempt to join: start it with `validate-data` (same "
                          f"--run-key), or run the whole pipeline with `python -m ml run`")
-    log.info("step %s (run %s)", step, ctx.run_key)
     ctx.mark_step(step.value)
+    log.info("step %s (run %s)", step, ctx.run_key)
     start = time.perf_counter()
     try:
         result = STEP_FUNCTIONS[step](StepRun(ctx, state), **kwargs)

@@ -27,6 +27,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -43,8 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Progress bars of artifact downloads would flood task logs and CLI stderr.
+# Progress bars of artifact downloads would flood task logs and CLI stderr; with a tracking server MLflow
+# also prints "View run ... at: <url>" to stdout, which must stay one JSON document (`python -m ml run`).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 #: The MLflow client's HTTP retries and timeouts, set here once (the environment overrides each). MLflow's
 #: defaults (7 retries, backoff factor 2, 120 s timeout) let a step wait over 9 minutes for a dead tracking
@@ -286,6 +290,17 @@ class RunContext:
             download_run_artifact(self.mlflow_run_id, artifact_path, local)
         return local
 
+    @contextmanager
+    def fluent(self) -> Iterator[None]:
+        """This run as MLflow's active run, for the fluent API (log_model, log_input). Leaving
+        `mlflow.start_run` ends the run FINISHED; the run stays RUNNING until its record is written, so a
+        process killed after this point leaves a RUNNING run that the next run closes (ml.record)."""
+        import mlflow
+
+        with mlflow.start_run(run_id=self.mlflow_run_id):
+            yield
+        self.client.update_run(self.mlflow_run_id, status="RUNNING")
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.mlflow_run_id, str(path), artifact_path)
 
@@ -301,7 +316,7 @@ class RunContext:
         import onnxruntime
 
         feed, signature = onnx_example(data, example) if example is not None and len(example) else (None, None)
-        with mlflow.start_run(run_id=self.mlflow_run_id), tempfile.TemporaryDirectory() as tmp:
+        with self.fluent(), tempfile.TemporaryDirectory() as tmp:
             info = mlflow.onnx.log_model(onnx.load_model_from_string(data), name="model", save_as_external_data=False,
                                          pip_requirements=[f"onnxruntime=={onnxruntime.__version__}"],
                                          onnx_execution_providers=["CPUExecutionProvider"],
@@ -336,7 +351,7 @@ class RunContext:
         import mlflow.data
         from mlflow.entities import LoggedModelInput
 
-        with mlflow.start_run(run_id=self.mlflow_run_id):
+        with self.fluent():
             for name, frame, path, sha in windows:
                 digest = sha[:DIGEST_LENGTH] if sha else None
                 dataset = mlflow.data.from_pandas(frame, source=path or name, name=f"{self.config.name}.{name}",

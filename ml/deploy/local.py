@@ -187,6 +187,30 @@ def stop_server(model_name: str, state: ServerState | None = None, grace_s: floa
     return True
 
 
+def local_server_status(model_name: str) -> dict[str, Any] | None:
+    """What `python -m ml status` shows: the recorded server (and whether it really is that process and
+    answers), and every server of the model found running that state.json does not record. Reads only."""
+    recorded = read_state(model_name)
+    found = find_servers(model_name)
+    if recorded is None and not found:
+        return None
+    serving = is_serving(recorded)
+    unrecorded = [{"version": s.version, "url": s.url, "pid": s.pid, "healthy": _healthy(s)}
+                  for s in found if recorded is None or s.pid != recorded.pid]
+    status: dict[str, Any] = {"version": recorded.version if recorded else None,
+                              "url": recorded.url if recorded else None, "pid": recorded.pid if recorded else None,
+                              "state": recorded.status if recorded else None, "serving": serving,
+                              "unrecorded": unrecorded}
+    if recorded is not None and not serving:
+        status["problem"] = (f"state.json names v{recorded.version} pid {recorded.pid}, which is "
+                             + ("not that server any more" if alive(recorded.pid) else "gone"))
+    if unrecorded:
+        status["problem"] = (status.get("problem", "") + "; " if "problem" in status else "") + (
+            f"{len(unrecorded)} server(s) of {model_name} run without a record: the next run or deploy "
+            "reconciles them")
+    return status
+
+
 def reconcile(model_name: str) -> ServerState | None:
     """What really serves `model_name`, made the recorded state (call with the model's lock held): the recorded
     server if it is still that process, healthy and was trusted (passed its smoke test); else a server of
