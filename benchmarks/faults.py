@@ -310,7 +310,7 @@ def _killed_run(ws: Workspace, fault: str, step: str, ready: Callable[[subproces
     """`ml run --force-retrain` SIGKILLed once `ready`; the run that follows closes it: the error is its
     record's, timed from the kill to the moment that record exists."""
     proc = ws.ml("run", "--force-retrain")
-    wait_for(f"ml run to reach {step}", lambda: ready(proc), 120, 0.02)
+    wait_for(f"ml run to reach {step}", lambda: ready(proc), 600, 0.02)
     proc.kill()
     proc.wait(10)
     killed = time.monotonic()
@@ -344,7 +344,7 @@ def run_killed_deploy(ws: Workspace) -> Outcome:
 
 def mlflow_killed(ws: Workspace) -> Outcome:
     proc = ws.ml("run", "--force-retrain")
-    wait_for("ml run to reach train", lambda: _in_step(proc, "train"), 120, 0.02)
+    wait_for("ml run to reach train", lambda: _in_step(proc, "train"), 600, 0.02)
     ws.kill_mlflow()
     killed = time.monotonic()
     code, _, err = finish(proc, 300)
@@ -355,7 +355,7 @@ def mlflow_killed(ws: Workspace) -> Outcome:
 
 def two_runs(ws: Workspace) -> Outcome:
     first = ws.ml("run", "--force-retrain", CT_LOCK_TIMEOUT_S="5")
-    wait_for("the first run to take the lock", lambda: _in_step(first, "validate"), 120, 0.02)
+    wait_for("the first run to take the lock", lambda: _in_step(first, "validate"), 600, 0.02)
     second = ws.ml("run", "--force-retrain", CT_LOCK_TIMEOUT_S="5")
     started = time.monotonic()
     code2, _, err2 = finish(second)
