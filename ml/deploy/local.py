@@ -302,11 +302,23 @@ def _start_and_check(model_name: str, version: str, model_path: Path, sha256: st
 def _foreign_holder(model_name: str, host: str, port: int, previous: ServerState | None) -> str | None:
     """Why host:port cannot be used: something that is not this model's recorded server listens on it."""
     holder = port_holder(host, port)
-    if holder is None or (previous is not None and holder[0] == previous.pid):
+    if holder is None or (previous is not None and _in_tree(holder[0], previous.pid)):
         return None
     pid, what = holder
     return (f"port {host}:{port} is taken by pid {pid if pid else '?'} ({what}), which is not the server "
             f"state.json records for {model_name}: not adopting it; stop that process or set deploy.port")
+
+
+def _in_tree(pid: int | None, root: int) -> bool:
+    """`pid` is `root` or one of its descendants (a worker of a multi-worker server holds the socket too)."""
+    import psutil
+
+    if pid is None:
+        return False
+    try:
+        return pid == root or root in {parent.pid for parent in psutil.Process(pid).parents()}
+    except psutil.Error:
+        return False
 
 
 def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *, host: str, port: int,

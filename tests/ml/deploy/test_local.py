@@ -154,3 +154,15 @@ def test_a_foreign_process_on_the_port_is_never_adopted(models, ct_home, tmp_pat
     finally:
         squatter.kill()
         squatter.wait(5)
+
+
+def test_a_multi_worker_server_is_replaced_not_taken_for_a_foreign_one(models, ct_home, monkeypatch):
+    """The workers of the recorded server hold its socket too: the next deploy replaces it."""
+    from ml.deploy.local import find_servers
+
+    monkeypatch.setenv("CT_WORKERS", "2")
+    port = free_port()
+    assert _deploy(models, "1", port).status == "deployed"
+    second = _deploy(models, "2", port)
+    assert second.status == "deployed", second.detail
+    assert [s.version for s in find_servers("m")] == ["2"] and ready_version(port) == "2"
