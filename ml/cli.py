@@ -121,7 +121,7 @@ def _emit(result: dict[str, Any]) -> None:
 
 
 def _status(config: Any) -> dict[str, Any]:
-    from ml.deploy.local import is_serving, read_state
+    from ml.deploy.local import local_server_status
     from ml.registry import CHALLENGER, CHAMPION, alias_log, ensure_registered_model, version_by_alias
     from ml.tracking import mlflow_client, tracking_uri
 
@@ -131,11 +131,8 @@ def _status(config: Any) -> dict[str, Any]:
     for alias in (CHAMPION, CHALLENGER):
         mv = version_by_alias(client, config.name, alias)
         aliases[alias] = str(mv.version) if mv else None
-    state = read_state(config.name)
     return {"model": config.name, "tracking_uri": tracking_uri(), **aliases,
-            "alias_log": alias_log(client, config.name)[-10:],
-            "local_server": ({"version": state.version, "url": state.url, "pid": state.pid,
-                              "serving": is_serving(state)} if state else None)}
+            "alias_log": alias_log(client, config.name)[-10:], "local_server": local_server_status(config.name)}
 
 
 def _rollback(config: Any, reason: str, version: str | None) -> dict[str, Any]:

@@ -61,6 +61,12 @@ class ChallengerRejected(GatesFailed):
     (nothing is registered), but it decided correctly: Airflow skips the rest instead of failing."""
 
 
+class StepKilled(CTError):
+    """A step's process was killed (or died) before the step stored its result."""
+
+    retryable = True
+
+
 class StepFailed(CTError):
     """A step raised an error that is not one of the project's own (a bug, an unreachable server); it is
     rebuilt under this type, with the original type in the message, wherever the failure is read back."""

@@ -55,8 +55,41 @@ def retrain_steps(config: ModelConfig) -> tuple[Step, ...]:
 
 def run_step(step: Step | str, ctx: RunContext, *, state: RunState | None = None, **kwargs: Any) -> StepRecord:
     """Run one step on the run state (read from MLflow once, unless the caller passes it), store its record,
-    and raise the error its record stands for. `validate` opens a new attempt; every other step joins it."""
+    and raise the error its record stands for. `validate` opens a new attempt; every other step joins it.
+    The step holds its model's lock (ml.locks) and the run lease; a tracking server that does not answer
+    fails it with TrackingUnavailable naming the step and the server."""
+    from ml.locks import model_lock, take_lease
+    from ml.tracking import is_tracking_failure, tracking_unavailable
+
     step = Step(step)
+    try:
+        with model_lock(ctx.config.name, run_key=ctx.run_key, what=f"step {step}"):
+            take_lease(ctx.config.name, ctx.run_key)
+            if step is Step.VALIDATE:
+                _recover_serving(ctx)
+            return _run_step(step, ctx, state, kwargs)
+    except CTError:
+        raise
+    except Exception as exc:
+        if is_tracking_failure(exc):
+            raise tracking_unavailable(f"step {step} of run {ctx.run_key!r}", exc) from exc
+        raise
+
+
+def _recover_serving(ctx: RunContext) -> None:
+    """Before a run checks anything: the local target serves the champion (ml.deploy.rollout.restore_champion),
+    so a deploy or server killed earlier leaves no half state behind this run; what was done is a run tag."""
+    from ml.deploy.rollout import restore_champion
+
+    restored = restore_champion(ctx.config)
+    if restored is not None:
+        ctx.client.set_tag(ctx.mlflow_run_id, "ct.local_recovery",
+                           f"champion v{restored.version} restored: {restored.status}: {restored.detail}"[:4000])
+
+
+def _run_step(step: Step, ctx: RunContext, state: RunState | None, kwargs: dict[str, Any]) -> StepRecord:
+    from ml.tracking import is_tracking_failure
+
     opens = step is Step.VALIDATE
     if state is None:  # validate opens a new attempt: nothing earlier is current
         state = RunState(ctx.run_key) if opens else RunState.load(ctx)
@@ -64,11 +97,14 @@ def run_step(step: Step | str, ctx: RunContext, *, state: RunState | None = None
     if attempt is None:
         raise StateError(f"run {ctx.run_key!r} has no attempt to join: start it with `validate-data` (same "
                          f"--run-key), or run the whole pipeline with `python -m ml run`")
+    ctx.mark_step(step.value)
     log.info("step %s (run %s)", step, ctx.run_key)
     start = time.perf_counter()
     try:
         result = STEP_FUNCTIONS[step](StepRun(ctx, state), **kwargs)
     except Exception as exc:
+        if is_tracking_failure(exc):
+            raise  # nothing can be stored: the next attempt or the run record closes the run (ml.record)
         _store(ctx, StepRecord(step, attempt, error=StepError.of(exc), opens_attempt=opens,
                                seconds=round(time.perf_counter() - start, 3)))
         raise
@@ -85,6 +121,7 @@ def run_step(step: Step | str, ctx: RunContext, *, state: RunState | None = None
 def _store(ctx: RunContext, record: StepRecord) -> None:
     try:
         ctx.save_record(record)
+        ctx.clear_step()
     except Exception:
         if record.error is None:
             raise
@@ -94,13 +131,23 @@ def _store(ctx: RunContext, record: StepRecord) -> None:
 
 def run_pipeline(config: ModelConfig, run_key: str, *, force_retrain: bool = False, dag_id: str | None = None,
                  dag_run_id: str | None = None) -> RunRecord:
-    """The whole pipeline in this process; always ends with the run record (returned)."""
-    from ml.record import finish_run
-    from ml.tracking import open_run
+    """The whole pipeline in this process, holding the model's lock throughout (a second run of the model
+    waits CT_LOCK_TIMEOUT_S, then is refused naming this one); always ends with the run record (returned),
+    unless the tracking server stopped answering (TrackingUnavailable, naming the step)."""
+    from ml.locks import model_lock, take_lease
 
-    ctx = open_run(config, run_key, tags={"ct.dag_run_id": dag_run_id or ""} if dag_run_id else None)
-    kwargs: dict[Step, dict[str, Any]] = {Step.VALIDATE: {"dag_id": dag_id, "dag_run_id": dag_run_id},
-                                          Step.DECIDE: {"force_retrain": force_retrain}}
+    with model_lock(config.name, run_key=run_key, what="python -m ml run"):
+        take_lease(config.name, run_key, process=True)
+        ctx = owned_run(config, run_key, tags={"ct.dag_run_id": dag_run_id} if dag_run_id else None)
+        kwargs: dict[Step, dict[str, Any]] = {Step.VALIDATE: {"dag_id": dag_id, "dag_run_id": dag_run_id},
+                                              Step.DECIDE: {"force_retrain": force_retrain}}
+        return _finish(ctx, _run_steps(config, ctx, kwargs))
+
+
+def _run_steps(config: ModelConfig, ctx: RunContext, kwargs: dict[Step, dict[str, Any]]) -> CTError | None:
+    """Every step the run's decisions call for; the error that stopped the run, if one did."""
+    from ml.tracking import TrackingUnavailable
+
     try:
         state = RunState.load(ctx)  # earlier attempts count for train's once-per-run registration
         for step in CHECK_STEPS:
@@ -112,11 +159,47 @@ def run_pipeline(config: ModelConfig, run_key: str, *, force_retrain: bool = Fal
                 if approval is not None and not approval.approved:
                     log.warning("%s", approval.detail)  # nobody can approve here: stop before the deploy
                     break
+    except TrackingUnavailable as exc:
+        return exc
     except CTError as exc:
         log.error("%s", exc)
+        return exc
     except Exception:
         log.exception("step failed unexpectedly; writing the run record")
-    return finish_run(ctx)
+    return None
+
+
+def _finish(ctx: RunContext, failure: CTError | None) -> RunRecord:
+    """The run record, unless the tracking server is gone: then the step's error (the next run of the model,
+    or this run's next attempt, closes the MLflow run with its record: ml.record.close_abandoned_runs)."""
+    from ml.record import finish_run
+    from ml.tracking import TrackingUnavailable, is_tracking_failure, tracking_unavailable
+
+    if isinstance(failure, TrackingUnavailable):
+        raise failure
+    try:
+        return finish_run(ctx)
+    except Exception as exc:
+        if is_tracking_failure(exc):
+            raise tracking_unavailable(f"the run record of {ctx.run_key!r}", exc) from exc
+        raise
+
+
+def owned_run(config: ModelConfig, run_key: str, tags: dict[str, str] | None = None) -> RunContext:
+    """The MLflow run of a run this process carries out whole (tagged with its owner process), after closing
+    the model's runs whose processes were killed (ml.record.close_abandoned_runs)."""
+    from ml.procs import owner_tag
+    from ml.record import close_abandoned_runs
+    from ml.tracking import OWNER_TAG, is_tracking_failure, open_run, tracking_unavailable
+
+    try:
+        ctx = open_run(config, run_key, tags={**(tags or {}), OWNER_TAG: owner_tag()})
+        close_abandoned_runs(ctx)
+    except Exception as exc:
+        if is_tracking_failure(exc):
+            raise tracking_unavailable(f"opening the MLflow run of {run_key!r}", exc) from exc
+        raise
+    return ctx
 
 
 def _operation_key(kind: str) -> str:
@@ -129,21 +212,24 @@ def _release(config: ModelConfig, decision: Decision, version: str, *, reason: s
     """An operator's release as a run of its own: the decision, deploy `version`, then promote it (the alias
     moves only once the version serves). Returns the record and what deploy and promote did."""
     from ml.deploy import DeployResult
+    from ml.locks import model_lock, take_lease
     from ml.record import finish_run
     from ml.registry import Promotion
-    from ml.tracking import open_run
 
-    ctx = open_run(config, run_key or _operation_key(decision.decision))
-    opened = StepRecord(Step.DECIDE, new_attempt(), result=decision, opens_attempt=True)
-    ctx.save_record(opened)
-    state = RunState(ctx.run_key).with_record(opened)
-    try:
-        state = state.with_record(run_step(Step.DEPLOY, ctx, state=state, version=version))
-        state = state.with_record(run_step(Step.PROMOTE, ctx, state=state, reason=reason, kind=kind))
-    except DeployError:
-        pass  # the record says how the deploy ended
-    finally:
-        record = finish_run(ctx)
+    key = run_key or _operation_key(decision.decision)
+    with model_lock(config.name, run_key=key, what=f"the {kind} of v{version}"):
+        take_lease(config.name, key, process=True)
+        ctx = owned_run(config, key)
+        opened = StepRecord(Step.DECIDE, new_attempt(), result=decision, opens_attempt=True)
+        ctx.save_record(opened)
+        state = RunState(ctx.run_key).with_record(opened)
+        try:
+            state = state.with_record(run_step(Step.DEPLOY, ctx, state=state, version=version))
+            state = state.with_record(run_step(Step.PROMOTE, ctx, state=state, reason=reason, kind=kind))
+        except DeployError:
+            pass  # the record says how the deploy ended
+        finally:
+            record = finish_run(ctx)
     deployed = state.get(Step.DEPLOY, DeployResult)
     if deployed is None:
         raise DeployError(f"deploying v{version} failed: {record.failure()}")

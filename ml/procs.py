@@ -2,7 +2,8 @@
 
 Used by the local deploy target (is the recorded server still up?), the serving metrics (is the worker
 that wrote these numbers still alive?) and the native stack (are the service groups gone?).
-Standard library only: the serving image imports it too.
+`alive`/`group_alive` use the standard library only (the serving image imports them); `start_time` and
+the owner tags (which process holds a model's lock or runs a step) use psutil.
 """
 
 from __future__ import annotations
@@ -45,3 +46,42 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch, as the kernel reports it), None if it is gone.
+    A pid and its start time name one process: a pid reused later has another start time."""
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return 0.0
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """`host:pid:start` of this process (or `pid`): which process holds a lock or runs a step."""
+    import socket
+
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{start_time(pid)}"
+
+
+def owner_alive(tag: str) -> bool | None:
+    """Whether the process an `owner_tag` names still runs: None when it ran on another host (unknowable)."""
+    import socket
+
+    parts = tag.rsplit(":", 2)
+    if len(parts) != 3:
+        return False
+    host, pid_text, started = parts
+    if host != socket.gethostname():
+        return None
+    try:
+        pid, recorded = int(pid_text), float(started) if started != "None" else None
+    except ValueError:
+        return False
+    actual = start_time(pid) if alive(pid) else None
+    return actual is not None and recorded is not None and abs(actual - recorded) < 1.0

@@ -212,7 +212,18 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
 
 def finish_run(ctx: RunContext) -> RunRecord:
     """Build the record from the stored state and write it to MLflow (artifact, tags, the run's description,
-    run status) and the run folder."""
+    run status) and the run folder. A step that started and never stored its record (its process was killed)
+    is recorded as failed first, naming the step, and the MLflow run ends KILLED. Releases the run lease."""
+    from ml.locks import model_lock, release_lease
+
+    with model_lock(ctx.config.name, run_key=ctx.run_key, what="the run record"):
+        killed = close_killed_step(ctx)
+        record = _write_record(ctx, "KILLED" if killed else None)
+        release_lease(ctx.config.name, ctx.run_key)
+    return record
+
+
+def _write_record(ctx: RunContext, end_status: str | None) -> RunRecord:
     from ml.explain import run_note
 
     record = build_record(RunState.load(ctx), model=ctx.config.name, run_id=ctx.mlflow_run_id)
@@ -224,6 +235,56 @@ def finish_run(ctx: RunContext) -> RunRecord:
     if record.reason:
         ctx.client.set_tag(ctx.mlflow_run_id, "ct.reason", str(record.reason)[:4000])
     ctx.describe(run_note(record))
-    ctx.client.set_terminated(ctx.mlflow_run_id, "FAILED" if record.failure() else "FINISHED")
+    ctx.client.set_terminated(ctx.mlflow_run_id, end_status or ("FAILED" if record.failure() else "FINISHED"))
     log.info("run record: %s", json.dumps(document, default=str))
     return record
+
+
+def close_killed_step(ctx: RunContext) -> str | None:
+    """A step marked as running (RunContext.mark_step) whose process is gone: store its failure, naming the
+    step and the process, and return that message; None when no step was left unfinished."""
+    from ml.errors import StepKilled
+    from ml.procs import owner_alive
+    from ml.state import StepError, StepRecord, new_attempt
+
+    mark = ctx.running_step()
+    if mark is None or mark.get("step") not in {s.value for s in Step}:
+        return None
+    if owner_alive(mark.get("owner", "")):
+        log.warning("step %s of run %s is still running (%s): not closing it", mark["step"], ctx.run_key,
+                    mark.get("owner"))
+        return None
+    step = Step(mark["step"])
+    message = (f"step {step} was killed before it finished: it started at {mark.get('at')} in process "
+               f"{mark.get('owner')}, which is gone, and stored no result")
+    attempt = RunState.load(ctx).attempt
+    opens = attempt is None
+    ctx.save_record(StepRecord(step, attempt or new_attempt(), error=StepError.of(StepKilled(message)),
+                               opens_attempt=opens))
+    ctx.clear_step()
+    log.error("%s", message)
+    return message
+
+
+def close_abandoned_runs(ctx: RunContext) -> list[str]:
+    """End every other RUNNING MLflow run of this model whose owning process (`python -m ml run`, a rollback;
+    tag ct.owner) is gone: it gets its run record, the killed step named, and ends KILLED. Returns their keys."""
+    from ml.procs import owner_alive
+    from ml.tracking import OWNER_TAG, RUN_KEY_TAG, RunContext
+
+    runs = ctx.client.search_runs([ctx.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=50)
+    closed = []
+    for run in runs:
+        owner, key = run.data.tags.get(OWNER_TAG), run.data.tags.get(RUN_KEY_TAG)
+        if run.info.run_id == ctx.mlflow_run_id or not owner or not key or owner_alive(owner) is not False:
+            continue
+        other = RunContext(config=ctx.config, run_key=key, mlflow_run_id=run.info.run_id,
+                           experiment_id=ctx.experiment_id)
+        other.__dict__["client"] = ctx.client
+        killed = close_killed_step(other)
+        _write_record(other, "KILLED")
+        log.warning("run %s was abandoned by its process %s (%s): closed with its run record", key, owner,
+                    killed or "between steps")
+        closed.append(key)
+    return closed

@@ -27,6 +27,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -43,9 +45,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Progress bars of artifact downloads would flood task logs and CLI stderr.
+# Progress bars of artifact downloads would flood task logs and CLI stderr; with a tracking server MLflow
+# also prints "View run ... at: <url>" to stdout, which must stay one JSON document (`python -m ml run`).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
+#: The MLflow client's HTTP retries and timeouts, set here once (the environment overrides each). MLflow's
+#: defaults (7 retries, backoff factor 2, 120 s timeout) let a step wait over 9 minutes for a dead tracking
+#: server; these fail a request within ~4 s when the server is gone (connection refused) and ~35 s when it
+#: hangs (3 tries x 10 s), so a step fails in under a minute naming the step and the server.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+for _key, _value in MLFLOW_HTTP_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
+#: the step in progress and the process running it (JSON), "" when none: a run killed mid-step keeps it
+STEP_RUNNING_TAG = "ct.step.running"
+#: `host:pid:start` of the process that runs the whole run (`python -m ml run`, a rollback), if one does
+OWNER_TAG = "ct.owner"
 RUN_KEY_TAG = "ct.run_key"
 RUN_KEY_HASH_TAG = "ct.run_key_sha"
 STEPS_FOLDER = "steps"
@@ -140,6 +157,35 @@ def mlflow_client() -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+class TrackingUnavailable(StateError):
+    """The MLflow tracking server did not answer (down, unreachable, hanging): the message names the step."""
+
+    retryable = True
+
+
+def is_tracking_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is the tracking server not answering, rather than a refusal."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TrackingUnavailable | requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return True
+        text = str(seen)
+        if "API request to" in text and ("Max retries exceeded" in text or "timed out" in text.lower()):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def tracking_unavailable(what: str, exc: BaseException) -> TrackingUnavailable:
+    """The error of `what` (e.g. "step train") failing because the tracking server did not answer."""
+    detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    return TrackingUnavailable(f"{what} failed: the MLflow tracking server {tracking_uri()} did not answer "
+                               f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES={os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES']}, "
+                               f"MLFLOW_HTTP_REQUEST_TIMEOUT={os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s): {detail}")
+
+
 def run_key_hash(run_key: str) -> str:
     return hashlib.sha256(run_key.encode()).hexdigest()[:32]
 
@@ -204,6 +250,27 @@ class RunContext:
         local.parent.mkdir(exist_ok=True)
         local.write_text(json.dumps(document, indent=2, default=str))
 
+    def mark_step(self, step: str) -> None:
+        """Say in the run which step this process is running (cleared by `clear_step`): a run whose process
+        is killed mid-step keeps the mark, and its run record names the step (ml.record.finish_run)."""
+        from datetime import UTC, datetime
+
+        from ml.procs import owner_tag
+
+        mark = {"step": step, "owner": owner_tag(), "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        self.client.set_tag(self.mlflow_run_id, STEP_RUNNING_TAG, json.dumps(mark))
+
+    def clear_step(self) -> None:
+        self.client.set_tag(self.mlflow_run_id, STEP_RUNNING_TAG, "")
+
+    def running_step(self) -> dict[str, str] | None:
+        """The mark of a step that started and did not finish (see `mark_step`), None when there is none."""
+        tag = self.client.get_run(self.mlflow_run_id).data.tags.get(STEP_RUNNING_TAG)
+        try:
+            return json.loads(tag) if tag else None
+        except ValueError:
+            return None
+
     def load_step_documents(self) -> dict[str, dict[str, Any]]:
         """Every step record stored in the run as JSON, by step name: one listing, one folder download."""
         import mlflow
@@ -223,6 +290,17 @@ class RunContext:
             download_run_artifact(self.mlflow_run_id, artifact_path, local)
         return local
 
+    @contextmanager
+    def fluent(self) -> Iterator[None]:
+        """This run as MLflow's active run, for the fluent API (log_model, log_input). Leaving
+        `mlflow.start_run` ends the run FINISHED; the run stays RUNNING until its record is written, so a
+        process killed after this point leaves a RUNNING run that the next run closes (ml.record)."""
+        import mlflow
+
+        with mlflow.start_run(run_id=self.mlflow_run_id):
+            yield
+        self.client.update_run(self.mlflow_run_id, status="RUNNING")
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.mlflow_run_id, str(path), artifact_path)
 
@@ -238,7 +316,7 @@ class RunContext:
         import onnxruntime
 
         feed, signature = onnx_example(data, example) if example is not None and len(example) else (None, None)
-        with mlflow.start_run(run_id=self.mlflow_run_id), tempfile.TemporaryDirectory() as tmp:
+        with self.fluent(), tempfile.TemporaryDirectory() as tmp:
             info = mlflow.onnx.log_model(onnx.load_model_from_string(data), name="model", save_as_external_data=False,
                                          pip_requirements=[f"onnxruntime=={onnxruntime.__version__}"],
                                          onnx_execution_providers=["CPUExecutionProvider"],
@@ -273,7 +351,7 @@ class RunContext:
         import mlflow.data
         from mlflow.entities import LoggedModelInput
 
-        with mlflow.start_run(run_id=self.mlflow_run_id):
+        with self.fluent():
             for name, frame, path, sha in windows:
                 digest = sha[:DIGEST_LENGTH] if sha else None
                 dataset = mlflow.data.from_pandas(frame, source=path or name, name=f"{self.config.name}.{name}",

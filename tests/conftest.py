@@ -56,10 +56,12 @@ def ct_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _stop_servers(home: Path) -> None:
-    from ml.deploy.local import stop_server
+    """Every local server of every model under `home`, recorded in state.json or not."""
+    from ml.deploy.local import find_servers, stop_server
 
-    for state in home.glob("serving/*/state.json"):
-        stop_server(state.parent.name)
+    for folder in home.glob("serving/*"):
+        for server in find_servers(folder.name):
+            stop_server(folder.name, server)
 
 
 @pytest.fixture(scope="module")

@@ -72,3 +72,37 @@ def rollout(config: ModelConfig, version: str, records: list[dict[str, Any]]) ->
         return deploy_kubernetes(config.name, str(version), sha, KubernetesTarget.from_config(config), smoke=check)
     return deploy_local(config.name, str(version), model_path, sha, host=config.deploy.host,
                         port=config.deploy.port, timeout_s=config.deploy.startup_timeout_s, smoke=check)
+
+
+def restore_champion(config: ModelConfig) -> DeployResult | None:
+    """Recovery of the local target at the start of a run (after a killed deploy, a killed server, a crash):
+    reconcile what really serves with state.json, and when that is not the champion (nothing, or a version
+    whose deploy never reached promotion), serve the champion again, smoke-tested on reference rows.
+    Returns that deploy, or None when nothing had to change. Never raises for a failed restore: the run goes
+    on and its own deploy (if any) tries again."""
+    from ml.data import read_window
+    from ml.deploy.local import reconcile
+    from ml.deploy.smoke import smoke_records
+    from ml.errors import CTError
+    from ml.registry import CHAMPION, SHA_TAG, version_by_alias
+    from ml.tracking import mlflow_client
+
+    if config.deploy.target != "local":
+        return None
+    serving = reconcile(config.name)
+    champion = version_by_alias(mlflow_client(), config.name, CHAMPION)
+    if champion is None:
+        return None
+    sha = (champion.tags or {}).get(SHA_TAG)
+    if serving is not None and serving.version == str(champion.version) and serving.sha256 == sha:
+        return None
+    log.warning("the local target of %s serves %s, not champion v%s: restoring the champion", config.name,
+                f"v{serving.version}" if serving else "nothing", champion.version)
+    try:
+        records = smoke_records(read_window(config.reference_path).frame, config, config.deploy.smoke_rows)
+        result = rollout(config, str(champion.version), records)
+    except (CTError, OSError) as exc:
+        log.error("could not restore champion v%s of %s: %s", champion.version, config.name, exc)
+        return None
+    log.warning("restore of champion v%s: %s (%s)", champion.version, result.status, result.detail)
+    return result

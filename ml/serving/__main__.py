@@ -5,7 +5,8 @@ The model is resolved and verified once in this process before any socket is ope
 tampered or non-self-contained file ends the process with exit code 3 and one log line naming the
 file and both sha256 values. With CT_WORKERS > 1 the workers load the already verified local file
 (its sha256 pinned), and share prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR, a
-fresh one per start) so /metrics covers all of them.
+fresh one per start) so /metrics covers all of them. Each worker ends when this supervisor ends, even by
+SIGKILL (Linux: prctl PR_SET_PDEATHSIG; elsewhere a thread polling the parent pid).
 
 Exit codes: 0 clean shutdown, 2 invalid settings, 3 model refused, 1 server failed (e.g. port in use).
 """
@@ -21,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ml.serving.app import configure_logging, create_app
+from ml.serving.app import SUPERVISOR_ENV, configure_logging, create_app
 from ml.serving.model import ModelLoadError, resolve_model
 from ml.serving.settings import Settings, SettingsError
 
@@ -53,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
                "server_header": False, "lifespan": "on", "loop": "auto", "http": "auto",
-               "timeout_graceful_shutdown": 30}
+               "timeout_graceful_shutdown": 30, "timeout_keep_alive": settings.timeout_keep_alive_s,
+               "limit_concurrency": settings.limit_concurrency,
+               "h11_max_incomplete_event_size": settings.max_incomplete_event_bytes}
     log.info("starting %d worker(s) on http://%s:%d", settings.workers, settings.host, settings.port)
     if settings.workers == 1:
         server = uvicorn.Server(uvicorn.Config(create_app(settings, loaded), **options))
@@ -77,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     os.environ.update(settings.with_model(loaded.path, loaded.sha256, loaded.version).to_env())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # each worker ends when this process does (die_with_supervisor)
     del loaded
     try:
         uvicorn.run("ml.serving.app:create_app", factory=True, workers=settings.workers, **options)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import signal
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -437,11 +439,40 @@ async def _route_call(service: ServingService, handler: Handler, request: Reques
     return Response(payload, status_code=status, media_type="application/json")
 
 
+#: set by the multi-worker launcher to its own pid: a worker that sees it ends when that process ends
+SUPERVISOR_ENV = "CT_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_supervisor(environ: Mapping[str, str] = os.environ) -> None:
+    """In a worker process: end (SIGTERM, so the prediction log drains) when the supervisor that spawned it
+    ends, however it ends. A SIGKILLed supervisor cannot stop its workers, and they would go on serving a
+    version nothing records. Linux: the kernel's parent-death signal; elsewhere and as a backstop a daemon
+    thread that polls the parent pid each second."""
+    raw = environ.get(SUPERVISOR_ENV)
+    if not raw or not raw.isdigit() or int(raw) == os.getpid():
+        return
+    supervisor = int(raw)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(1.0)
+        log.warning("supervisor pid %d is gone: this worker (pid %d) stops", supervisor, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="ct-supervisor-watch", daemon=True).start()
+
+
 def create_app(settings: Settings | None = None, loaded: LoadedModel | None = None,
                fast_path: bool = True) -> FastAPI:
     """The ASGI app for one model. Without arguments (uvicorn `--factory`, one call per worker
     process) settings come from CT_* variables and the model is loaded and verified here."""
     if settings is None:
+        die_with_supervisor()
         settings = Settings.from_env(os.environ)
         configure_logging(settings.log_level)
     if loaded is None:

@@ -46,6 +46,9 @@ class Settings:
     metrics_dir: Path | None = None
     follow_s: int = 0
     follow_uri: str | None = None
+    timeout_keep_alive_s: int = 5
+    limit_concurrency: int = 1000
+    max_incomplete_event_bytes: int = 16_384
 
     @property
     def alias_uri(self) -> str | None:
@@ -88,6 +91,8 @@ class Settings:
             "log_queue_size": self.log_queue_size, "log_level": self.log_level,
             "model_cache_dir": self.model_cache_dir, "metrics_dir": self.metrics_dir,
             "follow_s": self.follow_s or None, "follow_uri": self.follow_uri,
+            "timeout_keep_alive_s": self.timeout_keep_alive_s, "limit_concurrency": self.limit_concurrency,
+            "max_incomplete_event_bytes": self.max_incomplete_event_bytes,
         }
         return {_FIELDS[k][0]: str(v) for k, v in values.items() if v is not None}
 
@@ -121,6 +126,12 @@ _FIELDS: dict[str, tuple[str, str | None, str]] = {
                  "with CT_MODEL_URI=models:/<name>@<alias>: every N seconds, check where the alias points and "
                  "switch to that version once it is fetched, verified and warmed up (default 0: off)"),
     "follow_uri": ("CT_MODEL_FOLLOW_URI", None, "the alias URI workers follow (set by the launcher)"),
+    "timeout_keep_alive_s": ("CT_TIMEOUT_KEEP_ALIVE_S", "--timeout-keep-alive",
+                             "seconds an idle keep-alive connection stays open (default 5)"),
+    "limit_concurrency": ("CT_LIMIT_CONCURRENCY", "--limit-concurrency",
+                          "most connections and requests in flight per worker; beyond it: 503 (default 1000)"),
+    "max_incomplete_event_bytes": ("CT_MAX_INCOMPLETE_EVENT_BYTES", None,
+                                   "largest request line + headers the h11 parser buffers (default 16384)"),
 }
 
 
@@ -182,6 +193,9 @@ def _build(raw: dict[str, object]) -> Settings:
         "max_body_bytes": _int(raw, "max_body_bytes", 1024, 1 << 30),
         "log_queue_size": _int(raw, "log_queue_size", 1, 10_000_000),
         "follow_s": _int(raw, "follow_s", 0, 86_400),
+        "timeout_keep_alive_s": _int(raw, "timeout_keep_alive_s", 1, 3600),
+        "limit_concurrency": _int(raw, "limit_concurrency", 1, 1_000_000),
+        "max_incomplete_event_bytes": _int(raw, "max_incomplete_event_bytes", 1024, 1 << 24),
     }
     settings = Settings(
         follow_uri=_text(raw, "follow_uri"),

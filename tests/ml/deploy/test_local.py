@@ -87,3 +87,82 @@ def test_stale_state_never_signals_a_process_that_reused_the_pid(ct_home):
     finally:
         bystander.send_signal(signal.SIGKILL)
         bystander.wait(5)
+
+
+def _deploy(models, version, port):
+    config, paths, records = models
+    return deploy_local("m", version, *paths[version], host="127.0.0.1", port=port, timeout_s=60,
+                        smoke=lambda url, v, sha: smoke_test(url, records, v, sha))
+
+
+def test_identity_is_recorded_and_an_unrecorded_server_is_recovered_loudly(models, ct_home, caplog):
+    """state.json lost (a crash between start and record, a hand-deleted file) while v1 serves: status says
+    so, and the next deploy starts from what really serves instead of failing on a taken port."""
+    from ml.deploy.local import _write_state, find_servers, local_server_status
+    from ml.procs import start_time
+
+    port = free_port()
+    assert _deploy(models, "1", port).status == "deployed"
+    state = read_state("m")
+    assert state.status == "serving" and state.pid_started == start_time(state.pid)
+    _write_state("m", None)
+    status = local_server_status("m")
+    assert status["version"] is None and [s["version"] for s in status["unrecorded"]] == ["1"]
+    assert "without a record" in status["problem"]
+    second = _deploy(models, "2", port)
+    assert second.status == "deployed" and second.previous_version == "1"
+    assert "recovered" in caplog.text
+    assert [s.version for s in find_servers("m")] == ["2"] and ready_version(port) == "2"
+
+
+def test_a_server_left_starting_by_a_killed_deploy_is_not_trusted(models, ct_home):
+    """A deploy killed after the new server started but before its smoke test passed leaves state.json saying
+    `starting`: the next deploy stops that server (it never passed) rather than treating it as the previous."""
+    from dataclasses import replace
+
+    from ml.deploy.local import _write_state, find_servers, reconcile
+
+    port = free_port()
+    assert _deploy(models, "1", port).status == "deployed"
+    _write_state("m", replace(read_state("m"), status="starting"))
+    assert reconcile("m") is None
+    assert find_servers("m") == [] and read_state("m") is None
+
+
+def test_a_foreign_process_on_the_port_is_never_adopted(models, ct_home, tmp_path):
+    """Something else answers on the configured port (another model's server, any program): the deploy fails
+    naming its pid and the port, and leaves it alone."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    squatter = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        result = _deploy(models, "1", port)
+        assert result.status == "failed" and f"pid {squatter.pid}" in result.detail and str(port) in result.detail
+        assert "not adopting it" in result.detail
+        assert squatter.poll() is None and read_state("m") is None
+    finally:
+        squatter.kill()
+        squatter.wait(5)
+
+
+def test_a_multi_worker_server_is_replaced_not_taken_for_a_foreign_one(models, ct_home, monkeypatch):
+    """The workers of the recorded server hold its socket too: the next deploy replaces it."""
+    from ml.deploy.local import find_servers
+
+    monkeypatch.setenv("CT_WORKERS", "2")
+    port = free_port()
+    assert _deploy(models, "1", port).status == "deployed"
+    second = _deploy(models, "2", port)
+    assert second.status == "deployed", second.detail
+    assert [s.version for s in find_servers("m")] == ["2"] and ready_version(port) == "2"

@@ -317,3 +317,39 @@ def test_feedback_without_log_is_503(trained, start_server):
     assert response.status_code == 503 and "CT_PREDICTION_LOG_DIR" in response.json()["detail"]
     assert client.get("/model").json()["version"] == "sha256:" + trained.sha256[:12]
     assert server.stop(signal.SIGINT) == 0
+
+
+def test_sigkilled_supervisor_takes_its_workers_along(trained, start_server):
+    """A SIGKILLed launcher cannot stop its workers; they end by themselves (parent-death signal), so nothing
+    keeps serving a version nothing records."""
+    import psutil
+
+    server = start_server({"CT_MODEL_URI": str(trained.path), "CT_MODEL_SHA256": trained.sha256,
+                           "CT_WORKERS": "2", "CT_TIMEOUT_KEEP_ALIVE_S": "2", "CT_LIMIT_CONCURRENCY": "50"})
+    supervisor = psutil.Process(server.proc.pid)
+    deadline = time.monotonic() + 20
+    while len(workers := supervisor.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) >= 2
+    server.proc.kill()
+    server.proc.wait(10)
+    started = time.monotonic()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive, f"workers still running after their supervisor was killed: {[p.pid for p in alive]}"
+    assert time.monotonic() - started < 15
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + "/health", timeout=2)
+
+
+def test_connection_limits_come_from_settings(trained, start_server):
+    """uvicorn's limits are set from serving settings: an idle keep-alive connection is closed after
+    CT_TIMEOUT_KEEP_ALIVE_S."""
+    import socket
+
+    server = start_server({"CT_MODEL_URI": str(trained.path), "CT_TIMEOUT_KEEP_ALIVE_S": "1"})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200" in sock.recv(4096).split(b"\r\n")[0]
+        started = time.monotonic()
+        assert sock.recv(4096) == b""  # the server closed the idle connection
+        assert time.monotonic() - started < 5
