@@ -305,8 +305,9 @@ def test_serving_gets_its_read_only_login_never_the_admin(services):
     # the native stack makes the same login (stack.native.mlflow_init) and hands servers only that
     cfg = StackConfig(home=Path("/nonexistent"), secrets=generate_secrets())
     native = mlflow_serving_env(cfg)
-    assert native["MLFLOW_TRACKING_USERNAME"] == "ct-serving" and \
-        native["MLFLOW_TRACKING_PASSWORD"] == cfg.secrets["MLFLOW_SERVING_PASSWORD"] != cfg.secrets["MLFLOW_ADMIN_PASSWORD"]
+    assert native["MLFLOW_TRACKING_USERNAME"] == "ct-serving"
+    assert native["MLFLOW_TRACKING_PASSWORD"] == cfg.secrets["MLFLOW_SERVING_PASSWORD"]
+    assert cfg.secrets["MLFLOW_SERVING_PASSWORD"] != cfg.secrets["MLFLOW_ADMIN_PASSWORD"]
 
 
 def _final_user(dockerfile: Path) -> str | None:
