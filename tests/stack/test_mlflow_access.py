@@ -35,7 +35,10 @@ MODEL = "perm-model"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-auth")
-    (root / "basic_auth.ini").write_text(mlflow_auth_ini(f"sqlite:///{root / 'auth.db'}", ADMIN))
+    # The product's auth config, plus MLflow's credential cache: without it every request pays a PBKDF2 check
+    # (seconds each on a loaded 2-core machine). One worker, so a password change invalidates it at once.
+    (root / "basic_auth.ini").write_text(mlflow_auth_ini(f"sqlite:///{root / 'auth.db'}", ADMIN)
+                                         + "auth_cache_ttl_seconds = 600\n")
     port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW,
@@ -217,3 +220,27 @@ def test_mlflow_init_grants_every_config_and_the_served_model(server, as_user):
     assert grant.username == READER
     assert set(grant.models) == {*config_model_names(REPO / "configs"), "served-model"}
     assert "employee-attrition" in grant.models
+
+
+def test_make_stack_makes_the_same_login(server, as_user, tmp_path):
+    """stack.native.start runs mlflow_init once MLflow answers: READ on every config of CT_CONFIG_DIR."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from stack.native import StackConfig, generate_secrets, mlflow_init, mlflow_serving_env
+    from tests.conftest import write_config
+
+    folder = tmp_path / "configs"
+    write_config(folder, name="native-model")
+    port = int(server.rsplit(":", 1)[1])
+    cfg = StackConfig(home=tmp_path, secrets=generate_secrets() | {"MLFLOW_ADMIN_PASSWORD": ADMIN_PW},
+                      mlflow_port=port, mlflow_admin_user=ADMIN, serving_user="native-reader",
+                      extra_env={"CT_CONFIG_DIR": str(folder)})
+    mlflow_init(cfg)
+    as_user(ADMIN, ADMIN_PW)
+    assert AuthServiceClient(server).get_user_permission("native-reader", "registered_model",
+                                                         "native-model").permission == "READ"
+    env = mlflow_serving_env(cfg)
+    assert env["MLFLOW_TRACKING_URI"] == server and env["MLFLOW_TRACKING_USERNAME"] == "native-reader"
+    ok = httpx.get(f"{server}/api/2.0/mlflow/registered-models/get", params={"name": "native-model"},
+                   auth=(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]), timeout=10)
+    assert ok.status_code == 200
