@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
-from ct_airflow.catalog import Model, load_catalog, model_asset, remote_timeout
+from ct_airflow.catalog import Model, apply_task_timeouts, load_catalog, model_asset
 from ct_airflow.databricks import DatabricksTrainOperator
 from ct_airflow.kubernetes import KubernetesDeployOperator, KubernetesTrainOperator
 from ct_airflow.operators import (
@@ -119,10 +119,8 @@ def retraining_dag(model: Model) -> DAG:
             train = {
                 "local": TrainOperator(task_id="train_local", doc_md=DOCS["train_local"], **paths),
                 "kubernetes": KubernetesTrainOperator(task_id="train_kubernetes", doc_md=DOCS["train_kubernetes"],
-                                                      execution_timeout=remote_timeout(config, "train_kubernetes"),
                                                       **paths),
                 "databricks": DatabricksTrainOperator(task_id="train_databricks", doc_md=DOCS["train_databricks"],
-                                                      execution_timeout=remote_timeout(config, "train_databricks"),
                                                       **paths),
             }
             backend = ConfigBranchOperator(task_id="choose_backend", config_path=str(model.path),
@@ -138,7 +136,6 @@ def retraining_dag(model: Model) -> DAG:
             deploy = {
                 "local": DeployLocalOperator(task_id="deploy_local", doc_md=DOCS["deploy_local"], **paths),
                 "kubernetes": KubernetesDeployOperator(task_id="deploy_kubernetes", doc_md=DOCS["deploy_kubernetes"],
-                                                       execution_timeout=remote_timeout(config, "deploy_kubernetes"),
                                                        **paths),
             }
             target = ConfigBranchOperator(task_id="choose_target", config_path=str(model.path),
@@ -165,7 +162,7 @@ def retraining_dag(model: Model) -> DAG:
         check >> decide >> [retrain, skip]
         retrain >> release
         [release, skip] >> record
-    return dag
+    return apply_task_timeouts(dag, config)  # execution_timeout of every task, per kind, from the config
 
 
 #: dag_id -> DAG, for every model config that loads (dags/model_configs.py reports the others).

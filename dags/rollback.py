@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import DAG, Param
 
-from ct_airflow.catalog import Model, load_catalog, model_asset
+from ct_airflow.catalog import Model, apply_task_timeouts, load_catalog, model_asset
 from ct_airflow.operators import RollbackOperator
 
 
@@ -43,7 +43,7 @@ def rollback_dag(model: Model) -> DAG:
                          reason="{{ params.reason }}", outlets=[model_asset(model.config)],
                          doc_md="Deploys the version (smoke-tested), then moves `champion` to it; emits the "
                                 "model Asset event. The links open the rollback's MLflow run and the version.")
-    return dag
+    return apply_task_timeouts(dag, model.config)
 
 
 DAGS = {model.rollback_dag_id: rollback_dag(model) for model in load_catalog().models}

@@ -12,14 +12,16 @@ remembers it, so `validate-data`, `drift`, `train`... typed one after the other 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ml.errors import ConfigError, CTError
 
@@ -115,9 +117,27 @@ def _copy_out(out: str | None, name: str, result: dict[str, Any], files: list[Pa
             shutil.copy2(f, folder / f.name)
 
 
+#: Where the command's one JSON document goes while `_json_stdout` routes everything else to stderr.
+_result_stream: TextIO | None = None
+
+
+@contextlib.contextmanager
+def _json_stdout() -> Iterator[None]:
+    """stdout carries the result document only: whatever else is printed meanwhile (MLflow writes "View run
+    ... at: <url>" to stdout whenever a run on a tracking server ends) goes to stderr with the logs."""
+    global _result_stream
+    previous, _result_stream = _result_stream, sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _result_stream = previous
+
+
 def _emit(result: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    stream = _result_stream or sys.stdout
+    stream.write(json.dumps(result, indent=2, default=str) + "\n")
+    stream.flush()
 
 
 def _status(config: Any) -> dict[str, Any]:
@@ -154,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "evidently", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return _dispatch(args)
+        with _json_stdout():
+            return _dispatch(args)
     except CTError as exc:
         log.error("%s", exc)
         sys.stderr.write(f"error: {exc}\n")

@@ -360,6 +360,16 @@ class PromotionConfig(_Strict):
         return self.approval == "required"
 
 
+#: The kinds of Airflow task a model's DAGs have (README "Timeouts"): the pipeline steps, the branch tasks
+#: (choose_backend, choose_target, skip), the run record and the rollback DAG's task.
+TASK_KINDS = ("validate", "drift", "performance", "decide", "branch", "train", "gates", "register", "approve",
+              "deploy", "promote", "record", "rollback")
+#: Tasks that read and write a little (approve: until it waits for the person; promotion.approval_timeout_h
+#: bounds the wait): their default is this, or task_timeout_s if lower.
+LIGHT_TASK_KINDS = ("decide", "branch", "register", "approve", "promote", "record")
+LIGHT_TASK_TIMEOUT_S = 600
+
+
 class ModelConfig(_Strict):
     name: str
     task: Literal["binary", "multiclass"] = "binary"
@@ -383,8 +393,30 @@ class ModelConfig(_Strict):
     schedule: str | ScheduleSpec | None = None
     #: execution_timeout of every Airflow task of the model (remote steps: at least their own timeout).
     task_timeout_s: int = Field(default=3600, ge=60)
+    #: Per task kind (TASK_KINDS) overrides of the execution_timeout, in seconds, e.g. {train: 7200}.
+    task_timeouts: dict[str, int] = Field(default_factory=dict)
     #: Where the config was read from (not a YAML key); relative data paths resolve against it.
     source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("task_timeouts")
+    @classmethod
+    def _known_task_kinds(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(TASK_KINDS))
+        if unknown:
+            raise ValueError(f"unknown task kind {', '.join(map(repr, unknown))}; kinds: {', '.join(TASK_KINDS)}")
+        short = sorted(kind for kind, seconds in value.items() if seconds < 60)
+        if short:
+            raise ValueError(f"{', '.join(short)}: at least 60 seconds")
+        return value
+
+    def task_timeout_for(self, kind: str) -> int:
+        """execution_timeout (s) of a task of this kind: task_timeouts[kind], else task_timeout_s (light kinds:
+        at most LIGHT_TASK_TIMEOUT_S)."""
+        if kind not in TASK_KINDS:
+            raise ValueError(f"unknown task kind {kind!r}; kinds: {', '.join(TASK_KINDS)}")
+        if kind in self.task_timeouts:
+            return self.task_timeouts[kind]
+        return min(self.task_timeout_s, LIGHT_TASK_TIMEOUT_S) if kind in LIGHT_TASK_KINDS else self.task_timeout_s
 
     @field_validator("schedule", mode="before")
     @classmethod

@@ -7,6 +7,8 @@
                           same function: `python -m stack airflow-init`)
     mlflow                `mlflow server --app-name basic-auth` on Postgres, proxied artifacts under
                           $CT_HOME/stack/mlflow/artifacts
+    mlflow-init           once MLflow answers: the serving login MLFLOW_SERVING_USER with READ on each
+                          config's model (stack.mlflow_access; compose runs the same function)
     airflow-api-server    `airflow api-server --host 127.0.0.1`; scheduler (LocalExecutor), dag-processor
     airflow-scheduler     and triggerer share one JWT secret, fernet key and API secret; login through
     airflow-dag-processor SimpleAuthManager (AIRFLOW_ADMIN_USER, password AIRFLOW_ADMIN_PASSWORD)
@@ -21,7 +23,9 @@ Each service runs in its own process group (pids in $CT_HOME/stack/pids.json, ou
 $CT_HOME/stack/logs/<service>.log); `stop` ends the groups, children included. The Airflow services
 run in the repository root, so relative paths in the trigger form (`data/attrition/...`) resolve as
 they do for the CLI. The serving container has no process here: the DAG's `local` deploy target
-starts the model server itself (on the config's deploy.port).
+starts the model server itself (on the config's deploy.port), from the sha256-verified file, so it needs no
+registry login; a server that follows an alias (`python -m ml serve --model-uri models:/<name>@champion`)
+gets `mlflow_serving_env`, the read-only login.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ DOTENV = REPO / ".env"
 
 #: The secrets of docker-compose.yaml (see .env.example), minus POSTGRES_PASSWORD (the local server is ours).
 SECRET_NAMES = ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET",
-                "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY")
+                "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY",
+                "MLFLOW_SERVING_PASSWORD")
 MLFLOW = "mlflow"
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 SERVICES = (MLFLOW, *AIRFLOW_SERVICES)
@@ -148,6 +153,7 @@ class StackConfig:
     mlflow_db_user: str = "mlflow"
     admin_user: str = "admin"  # Airflow UI/API login
     mlflow_admin_user: str = "admin"
+    serving_user: str = "ct-serving"  # the model server's read-only MLflow login (stack.mlflow_access)
     mlflow_workers: int = 2
     serve_logs: bool = False  # Airflow's log servers bind every interface; the api-server reads files here
     extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. CT_SCHEDULE, CT_CONFIG_DIR
@@ -167,6 +173,7 @@ class StackConfig:
             pg_host=env.get("PGHOST") or "127.0.0.1", pg_port=int(env.get("PGPORT") or 5432),
             admin_user=env.get("AIRFLOW_ADMIN_USER") or "admin",
             mlflow_admin_user=env.get("MLFLOW_ADMIN_USER") or "admin",
+            serving_user=env.get("MLFLOW_SERVING_USER") or "ct-serving",
             extra_env={name: env[name] for name in ("CT_SCHEDULE", "CT_CONFIG_DIR", "CT_MLFLOW_UI_URL")
                        if env.get(name)},
         )
@@ -209,6 +216,32 @@ def mlflow_client_env(cfg: StackConfig) -> dict[str, str]:
     """What an MLflow client (task process, test, notebook) needs to reach the tracking server."""
     return {"MLFLOW_TRACKING_URI": cfg.mlflow_url, "MLFLOW_TRACKING_USERNAME": cfg.mlflow_admin_user,
             "MLFLOW_TRACKING_PASSWORD": cfg.secrets["MLFLOW_ADMIN_PASSWORD"]}
+
+
+def mlflow_serving_env(cfg: StackConfig) -> dict[str, str]:
+    """What a model server following the registry needs: the read-only login, never the admin's."""
+    return {"MLFLOW_TRACKING_URI": cfg.mlflow_url, "MLFLOW_TRACKING_USERNAME": cfg.serving_user,
+            "MLFLOW_TRACKING_PASSWORD": cfg.secrets["MLFLOW_SERVING_PASSWORD"]}
+
+
+def config_folder(environ: Mapping[str, str]) -> Path:
+    """The model configs the DAGs are built from: $CT_CONFIG_DIR, else the repository's configs/."""
+    return Path(environ.get("CT_CONFIG_DIR") or REPO / "configs").resolve()
+
+
+def mlflow_init(cfg: StackConfig) -> None:
+    """What compose's mlflow-init job does: the serving login with READ on every config's model."""
+    from stack.mlflow_access import AccessError, config_model_names, ensure_model_reader
+
+    models = config_model_names(config_folder(cfg.extra_env))
+    if not models:
+        log.warning("mlflow-init: no model config in %s: no serving login made", config_folder(cfg.extra_env))
+        return
+    try:
+        ensure_model_reader(cfg.mlflow_url, cfg.mlflow_admin_user, cfg.secrets["MLFLOW_ADMIN_PASSWORD"],
+                            cfg.serving_user, cfg.secrets["MLFLOW_SERVING_PASSWORD"], models)
+    except AccessError as exc:
+        raise StackError(f"mlflow-init: {exc}") from None
 
 
 def airflow_env(cfg: StackConfig) -> dict[str, str]:
@@ -446,6 +479,7 @@ def start(cfg: StackConfig, timeout_s: float = 180.0) -> dict[str, int]:
         for name in AIRFLOW_SERVICES:
             processes[name] = _spawn(cfg, name, cmds[name], env, cwd=REPO)
         wait_ready(cfg, processes, timeout_s)
+        mlflow_init(cfg)
     except BaseException:
         stop(cfg)
         raise

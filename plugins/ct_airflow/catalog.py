@@ -10,6 +10,8 @@
                     the version and its sha256, for downstream DAGs (batch scoring, reports)
     schedule        the config's `schedule:` (cron / preset, assets, both, or null), else $CT_SCHEDULE, else
                     @daily
+    timeouts        every task's execution_timeout from the config (`task_timeout_s`, `task_timeouts` per task
+                    kind; remote steps at least their backend's own limit): `apply_task_timeouts`
 
 `load_catalog` reads the folder at DAG-parse time, so it only parses YAML (ml.config: pydantic, no MLflow,
 no network). A file that does not load, or whose schedule Airflow would refuse, goes to `errors` (file ->
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow.sdk import Asset
+    from airflow.sdk import DAG, Asset
 
     from ml.config import ModelConfig
 
@@ -93,13 +95,39 @@ def dag_schedule(config: ModelConfig) -> Any:
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=AssetAny(*assets))
 
 
+#: Task name (the task id without its group) -> task kind (ml.config.TASK_KINDS) of the DAGs' tasks.
+TASK_KIND = {"validate_data": "validate", "drift": "drift", "performance": "performance", "decide": "decide",
+             "choose_backend": "branch", "choose_target": "branch", "skip": "branch", "train_local": "train",
+             "train_kubernetes": "train", "train_databricks": "train", "gates": "gates", "register": "register",
+             "approve": "approve", "deploy_local": "deploy", "deploy_kubernetes": "deploy", "promote": "promote",
+             "run_record": "record", "rollback": "rollback"}
+
+
 def remote_timeout(config: ModelConfig, step: str) -> timedelta:
-    """execution_timeout of a remote step: task_timeout_s, or more where the pod / job may legitimately take
+    """execution_timeout of a remote step: its kind's timeout, or more where the pod / job may legitimately take
     longer (its own timeout plus start-up), so Airflow never kills a step its backend still allows."""
     own = {"train_kubernetes": config.training.kubernetes.timeout_s + config.training.kubernetes.startup_timeout_s,
            "train_databricks": config.training.databricks.timeout_s,
            "deploy_kubernetes": config.deploy.kubernetes.rollout_timeout_s}[step]
-    return timedelta(seconds=max(config.task_timeout_s, own + REMOTE_MARGIN_S))
+    return timedelta(seconds=max(config.task_timeout_for(TASK_KIND[step]), own + REMOTE_MARGIN_S))
+
+
+def task_timeout(config: ModelConfig, task_id: str) -> timedelta:
+    """execution_timeout of a task of the model's DAGs (README "Timeouts"); an unknown task is an error, so a
+    task added to a DAG without a kind fails at parse time instead of running unbounded."""
+    name = task_id.rsplit(".", 1)[-1]
+    if name not in TASK_KIND:
+        raise ValueError(f"task {task_id!r} has no timeout kind: add it to ct_airflow.catalog.TASK_KIND")
+    if name in ("train_kubernetes", "train_databricks", "deploy_kubernetes"):
+        return remote_timeout(config, name)
+    return timedelta(seconds=config.task_timeout_for(TASK_KIND[name]))
+
+
+def apply_task_timeouts(dag: DAG, config: ModelConfig) -> DAG:
+    """Set every task's execution_timeout from the config (the DAG files call it once, after wiring)."""
+    for task in dag.tasks:
+        task.execution_timeout = task_timeout(config, task.task_id)
+    return dag
 
 
 @dataclass(frozen=True)

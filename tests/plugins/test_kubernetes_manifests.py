@@ -4,7 +4,10 @@ unknown fields fail) and against the security settings the design requires, with
 - every manifest in deploy/k8s, and what `kubectl kustomize deploy/k8s` renders from them;
 - the pods the KubernetesTrainOperator and KubernetesDeployOperator build (`build_pod_request_obj()` of the
   KubernetesPodOperator they create at run time; a dummy kubeconfig, nothing connects);
-- least-privilege RBAC: the deployer Role grants exactly the calls ml/deploy/kubernetes.py makes.
+- least-privilege RBAC: the deployer Role grants exactly the calls ml/deploy/kubernetes.py makes;
+- least-privilege networking: default deny, and per component exactly the traffic it needs (NetworkPolicy);
+- the serving pods' own MLflow Secret (read-only login), distinct from the trainer's and the deployer's;
+- every image pinned by digest, in the manifests or by kustomize's `images:`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,6 +102,7 @@ def test_kustomize_output_validates_and_is_namespaced():
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "ml", doc["metadata"]["name"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ct"
+        assert all(re.search(r"@sha256:[0-9a-f]{64}$", image) for image in _images(doc)), _images(doc)
     # The Airflow launcher binding keeps pointing at Airflow's own namespace.
     launcher = next(d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "ct-pod-launcher")
     assert launcher["subjects"][0]["namespace"] == "airflow"
@@ -133,8 +138,12 @@ def test_serving_deployment_security_probes_and_resources():
     assert {p["name"] for p in container["ports"]} == {"http"}
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
-    # MLflow's location and credentials come from a Secret, never from a literal in the manifest.
-    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]
+    # MLflow's location and credentials come from a Secret, never from a literal in the manifest: the serving
+    # pods' own (a read-only MLflow login), never the one the trainer and deployer pods write with.
+    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-serving-credentials"}}]
+    defaults = load_config(REPO / "configs" / "employee-attrition.yaml")
+    assert "mlflow-serving-credentials" not in {defaults.training.kubernetes.mlflow_secret,
+                                                 defaults.deploy.kubernetes.mlflow_secret}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert not {n for n in env if n.startswith(("MLFLOW_", "AWS_", "AZURE_", "GOOGLE_"))}
     # The deployer owns the version pin: the manifest follows the alias until the first deploy.
@@ -202,6 +211,124 @@ def test_no_role_uses_wildcards_secrets_or_cluster_scope():
     assert by_kind("ServiceAccount", "ct-trainer")["automountServiceAccountToken"] is False
     bound = {s["name"] for f in MANIFESTS for d in documents(f) if d["kind"] == "RoleBinding" for s in d["subjects"]}
     assert "ct-trainer" not in bound and "ct-serving" not in bound
+
+
+# ---- network policies ------------------------------------------------------------------------------------
+
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+POLICY_FILE = "network-policies.yaml"
+
+
+def policies() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in documents(POLICY_FILE) if d["kind"] == "NetworkPolicy"}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are evaluated here"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _peer(rule: dict) -> str:
+    """What one egress rule allows, by name: dns, mlflow, serving or kubernetes-api (else: unexpected)."""
+    ports = sorted((p["port"], p.get("protocol", "TCP")) for p in rule.get("ports", []))
+    to = rule.get("to")
+    if to is None:
+        return "kubernetes-api" if ports == [(443, "TCP"), (6443, "TCP")] else f"anywhere {ports}"
+    (peer,) = to
+    ns = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+    pod = peer.get("podSelector", {}).get("matchLabels", {})
+    if ns == "kube-system" and pod == {"k8s-app": "kube-dns"} and ports == [(53, "TCP"), (53, "UDP")]:
+        return "dns"
+    if ns == "mlflow" and pod == {"app.kubernetes.io/name": "mlflow"} and ports == [(5000, "TCP")]:
+        return "mlflow"
+    if ns is None and pod == {"app.kubernetes.io/name": "ct-serving"} and ports == [(8808, "TCP")]:
+        return "serving"
+    return f"unexpected {rule}"
+
+
+def allowed(labels: dict) -> tuple[list[dict], set[str]]:
+    """(ingress rules, egress peers) the namespace's policies allow a pod with `labels` (policies add up)."""
+    ingress, egress = [], set()
+    for policy in policies().values():
+        spec = policy["spec"]
+        if _selects(spec["podSelector"], labels):
+            ingress += spec.get("ingress", [])
+            egress |= {_peer(rule) for rule in spec.get("egress", [])}
+    return ingress, egress
+
+
+def test_network_policies_deny_by_default():
+    deny = policies()["ct-default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    # any pod in the namespace, e.g. one someone starts by hand: DNS only, nothing in
+    assert allowed({"run": "debug"}) == ([], {"dns"})
+
+
+def test_serving_takes_traffic_on_its_port_only_and_talks_only_to_mlflow():
+    pod = by_kind("Deployment", "ct-serving")["spec"]["template"]
+    ingress, egress = allowed(pod["metadata"]["labels"])
+    (container,) = pod["spec"]["containers"]
+    (port,) = container["ports"]
+    assert ingress == [{"ports": [{"port": port["containerPort"], "protocol": "TCP"}]}]
+    assert by_kind("Service", "ct-serving")["spec"]["ports"][0]["port"] == port["containerPort"]
+    assert egress == {"dns", "mlflow"}
+
+
+def test_trainer_and_deployer_pods_get_only_what_their_step_needs(kubeconfig, k8s_config):
+    labels = {step: serialise(built(step, k8s_config).build_pod_request_obj())["metadata"]["labels"]
+              for step in ("train", "deploy")}
+    assert allowed(labels["train"]) == ([], {"dns", "mlflow"})
+    # the deployer also patches the Deployment (Kubernetes API) and smoke-tests the Service
+    assert allowed(labels["deploy"]) == ([], {"dns", "mlflow", "kubernetes-api", "serving"})
+    # each policy names one component: the trainer's never selects the serving pods, and so on
+    pods = {**labels, "serving": by_kind("Deployment", "ct-serving")["spec"]["template"]["metadata"]["labels"]}
+    selected = {name: [who for who, lab in pods.items() if _selects(p["spec"]["podSelector"], lab)]
+                for name, p in policies().items()}
+    everyone = ["train", "deploy", "serving"]
+    assert selected == {"ct-default-deny": everyone, "ct-allow-dns": everyone, "ct-serving": ["serving"],
+                        "ct-trainer": ["train"], "ct-deployer": ["deploy"]}
+
+
+def test_the_policy_reading_is_not_vacuous(monkeypatch):
+    """The evaluator above sees a widened policy: an egress rule to anywhere, an extra ingress port."""
+    widened = copy.deepcopy(policies())
+    widened["ct-serving"]["spec"]["egress"].append({})
+    widened["ct-serving"]["spec"]["ingress"][0]["ports"].append({"port": 22, "protocol": "TCP"})
+    for doc in widened.values():
+        validate(doc)  # still a valid object: only the policy test can catch it
+    monkeypatch.setitem(globals(), "policies", lambda: widened)
+    ingress, egress = allowed(by_kind("Deployment", "ct-serving")["spec"]["template"]["metadata"]["labels"])
+    assert egress == {"dns", "mlflow", "anywhere []"} and len(ingress[0]["ports"]) == 2
+
+
+# ---- images pinned by digest ---------------------------------------------------------------------------
+
+def _images(doc: dict) -> list[str]:
+    spec = doc.get("spec", {})
+    pod = spec.get("template", {}).get("spec", spec)
+    return [c["image"] for key in ("initContainers", "containers") for c in pod.get(key, []) if "image" in c]
+
+
+def unpinned(docs: list[dict], kustomization: dict) -> list[str]:
+    """Images neither pinned by digest in place nor set to a digest by kustomize's `images:`."""
+    set_by_kustomize = {i["name"] for i in kustomization.get("images", [])
+                        if DIGEST.match(i.get("digest", "")) and "newTag" not in i}
+    return [image for doc in docs for image in _images(doc)
+            if not re.search(r"@sha256:[0-9a-f]{64}$", image) and image not in set_by_kustomize]
+
+
+def test_every_image_is_pinned_by_digest():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs = [d for f in MANIFESTS for d in documents(f)]
+    assert [i for d in docs for i in _images(d)], "no image found: the walk is broken"
+    assert unpinned(docs, kustomization) == []
+    for entry in kustomization["images"]:
+        assert DIGEST.match(entry["digest"]) and "newTag" not in entry, entry
+    # a tag alone, or a kustomize entry with a tag, is not a pin
+    deployment = copy.deepcopy(by_kind("Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "ct-serving:latest"
+    assert unpinned([deployment], kustomization) == ["ct-serving:latest"]
+    assert unpinned([by_kind("Deployment")], {"images": [{"name": "ct-serving", "newTag": "v1"}]}) == ["ct-serving"]
 
 
 # ---- the pods the operators build ----------------------------------------------------------------------

@@ -35,6 +35,7 @@ from stack.native import (
     generate_secrets,
     mlflow_auth_ini,
     mlflow_server_env,
+    mlflow_serving_env,
     read_env_file,
 )
 from tests.conftest import REPO
@@ -45,7 +46,7 @@ ENV_EXAMPLE = REPO / ".env.example"
 SCHEMA = HERE / "compose_spec.json"
 SCHEMA_SHA256 = "0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac"
 ALL_SECRETS = ("POSTGRES_PASSWORD", *SECRET_NAMES)
-ONE_SHOT = {"airflow-init"}
+ONE_SHOT = {"airflow-init", "mlflow-init"}
 DOCKERFILES = {"ct-airflow:local": REPO / "docker" / "airflow.Dockerfile",
                "ct-mlflow:local": REPO / "docker" / "mlflow.Dockerfile",
                "ct-serving:local": REPO / "ml" / "serving" / "Dockerfile"}
@@ -254,8 +255,9 @@ def test_services_have_healthchecks_and_dependencies_wait_on_them(services):
         assert {"postgres", "mlflow", "airflow-init"} <= set(services[name]["depends_on"]), name
     assert set(services["airflow-init"]["depends_on"]) == {"postgres"}
     assert "airflow-api-server" in services["airflow-scheduler"]["depends_on"]  # tasks call the execution API
-    assert set(services["mlflow"]["depends_on"]) == {"postgres"} and set(services["serving"]["depends_on"]) == {
+    assert set(services["mlflow"]["depends_on"]) == {"postgres"} and set(services["mlflow-init"]["depends_on"]) == {
         "mlflow"}
+    assert set(services["serving"]["depends_on"]) == {"mlflow", "mlflow-init"}  # its login exists before it starts
 
 
 def test_containers_run_unprivileged_and_read_only_where_they_can(services):
@@ -283,6 +285,29 @@ def test_containers_run_unprivileged_and_read_only_where_they_can(services):
     airflow_mounts = services["airflow-scheduler"]["volumes"]
     assert {"type": "volume", "source": "predictions", "target": "/opt/ct/predictions", "read_only": True,
             "volume": {"nocopy": True}} in airflow_mounts
+
+
+def test_serving_gets_its_read_only_login_never_the_admin(services):
+    """Least privilege: only Airflow (which registers and promotes) and mlflow-init hold the MLflow admin's
+    password; the model server logs in as MLFLOW_SERVING_USER, whom mlflow-init grants READ."""
+    env = example_env()
+    admin_password = env["MLFLOW_ADMIN_PASSWORD"]
+    holders = {name for name, spec in services.items() if admin_password in _environment(spec).values()}
+    assert holders == {"mlflow", "mlflow-init", "airflow-init", *(n for n in services if n.startswith("airflow-"))}
+    serving = _environment(services["serving"])
+    assert serving["MLFLOW_TRACKING_USERNAME"] == "ct-serving" != env["MLFLOW_ADMIN_USER"]
+    assert serving["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_SERVING_PASSWORD"] != admin_password
+    init = services["mlflow-init"]
+    assert init["command"] == ["python", "-m", "stack", "mlflow-init"]
+    assert _environment(init)["MLFLOW_SERVING_USER"] == serving["MLFLOW_TRACKING_USERNAME"]
+    assert _environment(init)["MLFLOW_SERVING_PASSWORD"] == serving["MLFLOW_TRACKING_PASSWORD"]
+    assert _environment(init)["CT_MODEL_NAME"] == serving["CT_MODEL_URI"].removeprefix("models:/").split("@")[0]
+    # the native stack makes the same login (stack.native.mlflow_init) and hands servers only that
+    cfg = StackConfig(home=Path("/nonexistent"), secrets=generate_secrets())
+    native = mlflow_serving_env(cfg)
+    assert native["MLFLOW_TRACKING_USERNAME"] == "ct-serving"
+    assert native["MLFLOW_TRACKING_PASSWORD"] == cfg.secrets["MLFLOW_SERVING_PASSWORD"]
+    assert cfg.secrets["MLFLOW_SERVING_PASSWORD"] != cfg.secrets["MLFLOW_ADMIN_PASSWORD"]
 
 
 def _final_user(dockerfile: Path) -> str | None:
