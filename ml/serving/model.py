@@ -3,7 +3,9 @@
 `resolve_model` turns CT_MODEL_URI into a verified `OnnxModel` (a local path checked against
 CT_MODEL_SHA256, or a registry version fetched and checked against its `ct.onnx_sha256` tag).
 `Scorer` validates request records by hand against the model's feature lists (no pydantic on the hot
-path: a dict lookup and a type check per feature) and turns onnxruntime's probabilities into the
+path: a dict lookup and a type check per feature) and against the data contract the model carries
+(`ct.contract`, ml.export.serving_contract: numeric [min, max], `allowed` lists, the categories the model
+knows: a comparison or a set lookup per feature), and turns onnxruntime's probabilities into the
 response objects. Categorical values are canonicalised exactly like training's `ml.data.model_frame`.
 """
 
@@ -136,9 +138,15 @@ def _json_type(value: Any) -> str:
 
 
 class Scorer:
-    """Validates JSON records against the model's features and produces the response objects."""
+    """Validates JSON records against the model's features and contract, and produces the response objects.
 
-    def __init__(self, model: OnnxModel, model_version: str) -> None:
+    `unseen_category` (CT_UNSEEN_CATEGORY): a categorical value the model never saw is refused (422) or, with
+    `mark`, accepted and reported by `check_record` so the prediction is marked `unseen`.
+    """
+
+    def __init__(self, model: OnnxModel, model_version: str, unseen_category: str = "refuse") -> None:
+        import json
+
         self.model = model
         self.model_version = model_version
         self.numeric = list(model.numeric)
@@ -149,13 +157,26 @@ class Scorer:
         self.class_set = frozenset(self.classes)
         self.threshold = float(model.threshold)
         self.binary = len(self.classes) == 2
+        contract = json.loads(model.meta.get("contract") or "{}")
+        if not contract:
+            log.warning("model %s carries no data contract (exported before ct.contract): requests are checked "
+                        "against its features only", model.meta.get("name", "?"))
+        inf = float("inf")
+        #: (feature, low, high) of the numeric features with a range
+        self.ranges = [(c, -inf if lo is None else lo, inf if hi is None else hi)
+                       for c, (lo, hi) in contract.get("ranges", {}).items()]
+        self.allowed = {c: frozenset(v) for c, v in contract.get("allowed", {}).items()}
+        self.known = {c: frozenset(v) for c, v in contract.get("known", {}).items()}
+        self.mark_unseen = unseen_category == "mark"
 
     # ---- validation ----------------------------------------------------------------------------
 
-    def check_record(self, record: Any, where: str = "") -> None:
+    def check_record(self, record: Any, where: str = "") -> list[str] | None:
         """Validate one record in place (categorical numbers become their canonical strings).
 
-        Raises RequestError(422) naming the field. `where` prefixes messages (e.g. "records[3]: ").
+        Raises RequestError(422) naming the field (and the value, for a contract violation). Returns the
+        categorical features whose value the model never saw (only with `mark`; else they are refused), or
+        None. `where` prefixes messages (e.g. "records[3]: ").
         """
         if type(record) is not dict:
             raise RequestError(422, f"{where}expected a JSON object of features, got {_json_type(record)}")
@@ -183,6 +204,29 @@ class Scorer:
                 continue
             raise RequestError(422, f"{where}categorical feature '{name}' must be a string (or null for "
                                     f"missing), got {_json_type(value)}")
+        return self._check_contract(record, where) if self.ranges or self.known or self.allowed else None
+
+    def _check_contract(self, record: dict[str, Any], where: str) -> list[str] | None:
+        for name, lo, hi in self.ranges:
+            if not lo <= record[name] <= hi:
+                raise RequestError(422, f"{where}numeric feature '{name}' = {record[name]!r} is outside the data "
+                                        f"contract's range [{lo:g}, {hi:g}] (contract.columns.{name})")
+        for name, allowed in self.allowed.items():
+            value = record[name]
+            if value is not None and value not in allowed:
+                raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is not in the data "
+                                        f"contract's allowed list (contract.columns.{name}.allowed)")
+        unseen = None
+        for name, known in self.known.items():
+            value = record[name]
+            if value is None or value in known:
+                continue
+            if not self.mark_unseen:
+                raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is a category the "
+                                        f"model never saw (known: {sorted(known)[:10]}); CT_UNSEEN_CATEGORY=mark "
+                                        "accepts and marks such requests")
+            unseen = [*(unseen or []), name]
+        return unseen
 
     @staticmethod
     def _numeric_problem(name: str, value: Any) -> str:
@@ -209,8 +253,10 @@ class Scorer:
                                   dtype=object)
         return feed
 
-    def predict(self, records: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-        """(timestamp, one response object per validated record)."""
+    def predict(self, records: list[dict[str, Any]], unseen: list[list[str] | None] | None = None
+                ) -> tuple[float, list[dict[str, Any]]]:
+        """(timestamp, one response object per validated record; `unseen` (per record, from check_record):
+        the features whose category the model never saw, reported in the response as `unseen`)."""
         proba = self.model.predict_proba_feed(self.feed(records)).tolist()
         timestamp = time.time()
         classes, version = self.classes, self.model_version
@@ -222,6 +268,10 @@ class Scorer:
                 label = classes[max(range(len(row)), key=row.__getitem__)]
             out.append({"prediction_id": uuid.uuid4().hex, "model_version": version, "label": label,
                         "probabilities": dict(zip(classes, row, strict=True))})
+        if unseen is not None:
+            for result, names in zip(out, unseen, strict=True):
+                if names:
+                    result["unseen"] = names
         return timestamp, out
 
     def warm_up(self, rounds: int = 5) -> None:
@@ -250,8 +300,9 @@ class Scorer:
                 raise ValueError
             prediction_id = uuid.UUID(raw_id).hex
         except ValueError:
+            shown = repr(raw_id[:60]) if type(raw_id) is str else _json_type(raw_id)
             raise RequestError(422, f"{where}prediction_id must be the id a prediction returned "
-                                    f"(32 hex digits), got {str(raw_id)[:60]!r}") from None
+                                    f"(32 hex digits), got {shown}") from None
         raw_label = item["label"]
         if type(raw_label) not in (str, int, float, bool):
             raise RequestError(422, f"{where}label must be a string or number, got {_json_type(raw_label)}")
