@@ -490,11 +490,9 @@ class ModelConfig(_Strict):
         """A copy whose data paths are overridden (CLI flags, DAG params); None keeps the config's.
 
         Overrides are paths as the caller typed them, so they resolve against the working directory. A URL
-        whose scheme `data.allowed_schemes` does not list raises DataError (a DAG param is user input).
+        passes through; the reader refuses it unless `data.allowed_schemes` lists its scheme (so a DAG run
+        given one is recorded as blocked, naming it).
         """
-        for name, value in (("reference_path", reference), ("current_path", current)):
-            if value:
-                self.data.limits.check_location(value, name)
         update = {key: value if "://" in value else str(Path(value).resolve())
                   for key, value in (("reference", reference), ("current", current)) if value}
         return self.model_copy(update={"data": self.data.model_copy(update=update)})

@@ -39,6 +39,10 @@ DEFAULT_MAX_ROWS = 2_000_000
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 
+class WindowTooLarge(DataError):
+    """A window above data.max_rows or data.max_bytes."""
+
+
 @dataclass(frozen=True)
 class ReadLimits:
     """What a window reader accepts (config `data.allowed_schemes`, `data.max_rows`, `data.max_bytes`)."""
@@ -60,13 +64,13 @@ class ReadLimits:
 
     def check_bytes(self, path: str | Path, size: int) -> None:
         if size > self.max_bytes:
-            raise DataError(f"window {path} is {size:,} bytes, above data.max_bytes {self.max_bytes:,}: "
+            raise WindowTooLarge(f"window {path} is {size:,} bytes, above data.max_bytes {self.max_bytes:,}: "
                             "use a smaller window (data.current_window) or raise data.max_bytes")
 
     def check_rows(self, path: str | Path, rows: int, exact: bool = True) -> None:
         if rows > self.max_rows:
             count = f"{rows:,}" if exact else f"more than {self.max_rows:,}"
-            raise DataError(f"window {path} has {count} rows, above data.max_rows {self.max_rows:,}: "
+            raise WindowTooLarge(f"window {path} has {count} rows, above data.max_rows {self.max_rows:,}: "
                             "use a smaller window (data.current_window) or raise data.max_rows")
 
 
@@ -137,8 +141,7 @@ def _read_jsonl(path: Path, max_rows: int) -> pd.DataFrame:
                     if not ends_with_newline and not fh.readline() else ""
                 raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}){cut}") from None
             if len(rows) > max_rows:
-                raise DataError(f"window {path} has more than {max_rows:,} rows, above data.max_rows {max_rows:,}: "
-                                "use a smaller window (data.current_window) or raise data.max_rows")
+                ReadLimits(max_rows=max_rows).check_rows(path, len(rows), exact=False)
     return pd.DataFrame.from_records(rows)
 
 
@@ -265,7 +268,12 @@ def _read_files(local: Path, limits: ReadLimits) -> pd.DataFrame:
     frames: list[pd.DataFrame] = []
     rows = 0
     for f in files:
-        frames.append(_read_one(f, limits.max_rows - rows))
+        try:
+            frames.append(_read_one(f, limits.max_rows - rows))
+        except WindowTooLarge:
+            if len(files) == 1:
+                raise
+            limits.check_rows(local, limits.max_rows + 1, exact=False)  # the folder's rows, not this file's
         rows += len(frames[-1])
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     limits.check_rows(local, len(frame))

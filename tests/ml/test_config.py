@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from ml.config import load_config, parse_config
+from ml.data import read_window
 from ml.errors import ConfigError, DataError
 from tests.conftest import DATA, DEMO_CONFIG
 
@@ -77,8 +78,9 @@ def test_with_data_overrides_resolve_against_the_working_directory(tmp_path, mon
     config = load_config(path).with_data(current="new.csv")
     assert config.current_path == str(tmp_path / "new.csv")
     assert config.reference_path == str(tmp_path / "r.csv")
-    with pytest.raises(DataError, match=r"reference_path 's3://bucket/ref.parquet': URLs \(s3://\) are not read"):
-        config.with_data(reference="s3://bucket/ref.parquet")  # a DAG param a UI user sets: local paths only
+    url = config.with_data(reference="s3://bucket/ref.parquet")  # a DAG param a UI user sets: local paths only
+    with pytest.raises(DataError, match=r"window path 's3://bucket/ref.parquet': URLs \(s3://\) are not read"):
+        read_window(url.reference_path, limits=url.data.limits)
     allowed = load_config(_write(tmp_path, MINIMAL | {"data": MINIMAL["data"] | {"allowed_schemes": ["s3"]}}))
     assert allowed.with_data(reference="s3://bucket/ref.parquet").reference_path == "s3://bucket/ref.parquet"
 
