@@ -157,26 +157,34 @@ class Scorer:
         self.class_set = frozenset(self.classes)
         self.threshold = float(model.threshold)
         self.binary = len(self.classes) == 2
-        contract = json.loads(model.meta.get("contract") or "{}")
+        self._load_contract(json.loads(model.meta.get("contract") or "{}"))
+        self.mark_unseen = unseen_category == "mark"
+
+    def _load_contract(self, contract: dict[str, Any]) -> None:
+        """The checks of `ct.contract` (ml.export.serving_contract), precomputed per feature."""
         if not contract:
             log.warning("model %s carries no data contract (exported before ct.contract): requests are checked "
-                        "against its features only", model.meta.get("name", "?"))
-        inf = float("inf")
-        #: (feature, low, high) of the numeric features with a range
-        self.ranges = [(c, -inf if lo is None else lo, inf if hi is None else hi)
-                       for c, (lo, hi) in contract.get("ranges", {}).items()]
+                        "against its features only", self.model.meta.get("name", "?"))
+        self.ranges: dict[str, tuple[float | None, float | None]] = {
+            c: (lo, hi) for c, (lo, hi) in contract.get("ranges", {}).items()}
+        #: (feature, low, high): the float32 range narrowed to the contract's [min, max], one comparison chain
+        self.bounds = [(c, -_F32_MAX if (lo := self.ranges.get(c, (None, None))[0]) is None else max(lo, -_F32_MAX),
+                        _F32_MAX if (hi := self.ranges.get(c, (None, None))[1]) is None else min(hi, _F32_MAX))
+                       for c in self.numeric]
         self.allowed = {c: frozenset(v) for c, v in contract.get("allowed", {}).items()}
-        self.known = {c: frozenset(v) for c, v in contract.get("known", {}).items()}
-        self.mark_unseen = unseen_category == "mark"
+        known = {c: frozenset(v) for c, v in contract.get("known", {}).items()}
+        #: (feature, the values accepted without a second look: known and allowed; None = any string)
+        self.categories = [(c, known[c] & self.allowed.get(c, known[c]) if c in known else self.allowed.get(c))
+                           for c in self.categorical]
 
     # ---- validation ----------------------------------------------------------------------------
 
     def check_record(self, record: Any, where: str = "") -> list[str] | None:
         """Validate one record in place (categorical numbers become their canonical strings).
 
-        Raises RequestError(422) naming the field (and the value, for a contract violation). Returns the
-        categorical features whose value the model never saw (only with `mark`; else they are refused), or
-        None. `where` prefixes messages (e.g. "records[3]: ").
+        Raises RequestError(422) naming the field (and the value, for a data-contract violation). Returns
+        the categorical features whose value the model never saw (only with `mark`; else they are refused),
+        or None. `where` prefixes messages (e.g. "records[3]: ").
         """
         if type(record) is not dict:
             raise RequestError(422, f"{where}expected a JSON object of features, got {_json_type(record)}")
@@ -189,48 +197,51 @@ class Scorer:
             if extra:
                 parts.append(f"unknown field(s) {extra}")
             raise RequestError(422, f"{where}{'; '.join(parts)} (the model expects exactly {self.features})")
-        for name in self.numeric:
+        for name, low, high in self.bounds:
             value = record[name]
             kind = type(value)
-            if (kind is float or kind is int) and -_F32_MAX <= value <= _F32_MAX:  # NaN fails both
+            if (kind is float or kind is int) and low <= value <= high:  # NaN fails both
                 continue
             raise RequestError(422, f"{where}{self._numeric_problem(name, value)}")
-        for name in self.categorical:
-            value = record[name]
-            if type(value) is str or value is None:
-                continue
-            if isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
-                record[name] = label_key(value)  # 3 and 3.0 -> "3", as training's model_frame does
-                continue
-            raise RequestError(422, f"{where}categorical feature '{name}' must be a string (or null for "
-                                    f"missing), got {_json_type(value)}")
-        return self._check_contract(record, where) if self.ranges or self.known or self.allowed else None
-
-    def _check_contract(self, record: dict[str, Any], where: str) -> list[str] | None:
-        for name, lo, hi in self.ranges:
-            if not lo <= record[name] <= hi:
-                raise RequestError(422, f"{where}numeric feature '{name}' = {record[name]!r} is outside the data "
-                                        f"contract's range [{lo:g}, {hi:g}] (contract.columns.{name})")
-        for name, allowed in self.allowed.items():
-            value = record[name]
-            if value is not None and value not in allowed:
-                raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is not in the data "
-                                        f"contract's allowed list (contract.columns.{name}.allowed)")
         unseen = None
-        for name, known in self.known.items():
+        for name, accepted in self.categories:
             value = record[name]
-            if value is None or value in known:
+            if type(value) is str:
+                if accepted is None or value in accepted:
+                    continue
+            elif value is None:
                 continue
-            if not self.mark_unseen:
-                raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is a category the "
-                                        f"model never saw (known: {sorted(known)[:10]}); CT_UNSEEN_CATEGORY=mark "
-                                        "accepts and marks such requests")
-            unseen = [*(unseen or []), name]
+            elif isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
+                value = record[name] = label_key(value)  # 3 and 3.0 -> "3", as training's model_frame does
+                if accepted is None or value in accepted:
+                    continue
+            else:
+                raise RequestError(422, f"{where}categorical feature '{name}' must be a string (or null for "
+                                        f"missing), got {_json_type(value)}")
+            unseen = [*(unseen or []), self._unseen(name, value, where)]
         return unseen
 
-    @staticmethod
-    def _numeric_problem(name: str, value: Any) -> str:
+    def _unseen(self, name: str, value: str, where: str) -> str:
+        """`name` when its value is allowed but unknown to the model and `mark` is on; else the 422."""
+        allowed = self.allowed.get(name)
+        if allowed is not None and value not in allowed:
+            raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is not in the data "
+                                    f"contract's allowed list (contract.columns.{name}.allowed)")
+        if not self.mark_unseen:
+            known = sorted(next(a for c, a in self.categories if c == name) or ())
+            raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is a category the "
+                                    f"model never saw (known: {known[:10]}); CT_UNSEEN_CATEGORY=mark accepts "
+                                    "and marks such requests")
+        return name
+
+    def _numeric_problem(self, name: str, value: Any) -> str:
         kind = _json_type(value)
+        low, high = self.ranges.get(name, (None, None))
+        if kind == "number" and math.isfinite(value) and abs(value) <= _F32_MAX and (low is not None or
+                                                                                     high is not None):
+            shown = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+            return (f"numeric feature '{name}' = {value!r} is outside the data contract's range {shown} "
+                    f"(contract.columns.{name})")
         if value is None:
             return (f"numeric feature '{name}' is null: missing numeric values are not accepted, "
                     "send a number")
