@@ -49,7 +49,7 @@ def run(env: dict, current: str | None = None, logical_date: datetime | None = N
     params = {"reference_path": None, "current_path": None, "force_retrain": False, "training_backend": None,
               **conf}
     if current:
-        params["current_path"] = str(DATA / current)
+        params["current_path"] = current if "://" in current else str(DATA / current)
     when = logical_date or next(_DATES)
     # dag.test() derives the run id from run_after: the same date finds (and clears) the same DAG run.
     return finished(env, env["dag"].test(logical_date=when, run_after=when, run_conf=params))
@@ -273,13 +273,15 @@ def _hostile_window(kind: str, folder: Path) -> str:
     ("oversized", "above data.max_rows 2,000,000"),
 ])
 def test_hostile_windows_fail_closed_naming_the_problem(env, tmp_path, kind, problem):
+    before = registry()
     record = run(env, _hostile_window(kind, tmp_path), force_retrain=True)
     assert record["_state"] == "failed"
     assert record["status"] == "blocked" and record["decision"] == "blocked"
     assert any(problem in p for p in record["contract"]["problems"]), record["contract"]
+    assert record["_tasks"]["retrain.train_local"] == "upstream_failed"
     assert record["challenger_version"] is None
-    assert registry() == (["1", "2", "3", "4"], "4")
-    assert served_version(env) == "4"
+    assert registry() == before  # nothing registered, champion unchanged
+    assert served_version(env) == before[1]
 
 
 def test_a_poisoned_row_among_good_ones_does_not_block_the_window(env, tmp_path):
