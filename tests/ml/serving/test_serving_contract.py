@@ -156,7 +156,7 @@ def test_token_settings(tmp_path):
         Settings.from_env({"CT_MODEL_URI": "m.onnx", "CT_UNSEEN_CATEGORY": "maybe"})
 
 
-def test_a_real_server_with_a_token_file(contract_model, start_server, tmp_path, record):
+def test_a_real_server_with_a_token_file(contract_model, start_server, tmp_path, record, monkeypatch):
     path, sha = contract_model
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -172,3 +172,12 @@ def test_a_real_server_with_a_token_file(contract_model, start_server, tmp_path,
     assert client.post("/feedback", json={"prediction_id": pid, "label": 1}, headers=AUTH).status_code == 202
     assert client.post("/feedback", json={"prediction_id": pid, "label": 0}, headers=AUTH).status_code == 409
     assert TOKEN not in server.output
+    # a deploy's smoke test authenticates with the deployer's own token, and fails without it
+    from ml.deploy.smoke import smoke_test
+
+    monkeypatch.delenv("CT_API_TOKEN", raising=False)
+    monkeypatch.delenv("CT_API_TOKEN_FILE", raising=False)
+    refused = smoke_test(server.url, [record], expected_version=f"sha256:{sha[:12]}")
+    assert not refused.passed and "401" in refused.detail
+    monkeypatch.setenv("CT_API_TOKEN_FILE", str(token_file))
+    assert smoke_test(server.url, [record], expected_version=f"sha256:{sha[:12]}").passed
