@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ml.data import ReadLimits
 
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "precision", "recall", "log_loss",
            "average_precision")
@@ -44,6 +47,39 @@ class DataSources(_Strict):
     #: How far back a prediction-log current window reaches: null = everything logged, "<N>d" / "<N>h" = the
     #: last N days / hours before the run, "since_champion" = since the champion was promoted.
     current_window: str | None = None
+    #: URL schemes a window may be read from (e.g. ["s3"]); empty = local paths only (no http://, s3:// ...).
+    allowed_schemes: list[str] = Field(default_factory=list)
+    #: A window with more rows / bytes is refused before it is read whole.
+    max_rows: int = Field(default=2_000_000, ge=1)
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+
+    @field_validator("allowed_schemes")
+    @classmethod
+    def _schemes(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not re.match(r"^[a-z][a-z0-9+.-]*$", s)]
+        if bad:
+            raise ValueError(f"expected lower-case URL schemes without '://' (e.g. 's3'), got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _locations(self) -> DataSources:
+        from ml.errors import DataError
+
+        for key in ("reference", "current"):
+            value = getattr(self, key)
+            try:
+                self.limits.check_location(value or "", f"data.{key}")
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def limits(self) -> ReadLimits:
+        """What the window reader accepts (ml.data.ReadLimits)."""
+        from ml.data import ReadLimits
+
+        return ReadLimits(max_rows=self.max_rows, max_bytes=self.max_bytes,
+                          allowed_schemes=tuple(self.allowed_schemes))
 
     @field_validator("current_window")
     @classmethod
@@ -75,6 +111,10 @@ class ContractConfig(_Strict):
     #: Rows of the current window whose category the reference never saw, per column: up to this fraction
     #: they are a warning (counted in the record); above it `on_unseen_category` decides.
     max_unseen_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
+    #: Rows that break the contract (a non-numeric or infinite number, a value outside [min, max] or not in
+    #: `allowed`) are dropped from the window and counted in the record; above this fraction of a window's
+    #: rows the run is blocked instead.
+    max_invalid_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
     columns: dict[str, ColumnRule] = Field(default_factory=dict)
 
 
@@ -485,7 +525,9 @@ class ModelConfig(_Strict):
     def with_data(self, reference: str | None = None, current: str | None = None) -> ModelConfig:
         """A copy whose data paths are overridden (CLI flags, DAG params); None keeps the config's.
 
-        Overrides are paths as the caller typed them, so they resolve against the working directory.
+        Overrides are paths as the caller typed them, so they resolve against the working directory. A URL
+        passes through; the reader refuses it unless `data.allowed_schemes` lists its scheme (so a DAG run
+        given one is recorded as blocked, naming it).
         """
         update = {key: value if "://" in value else str(Path(value).resolve())
                   for key, value in (("reference", reference), ("current", current)) if value}

@@ -1,9 +1,12 @@
 """Data windows: reading them, fingerprinting them, and turning them into model inputs.
 
 A window is a CSV, Parquet or JSON-lines file, or a folder of such files (a partitioned prediction
-log). The model sees features in one canonical form, built here and nowhere else, so training,
-evaluation, ONNX export and serving cannot disagree: numeric -> float, categorical -> string with
-missing values mapped to MISSING_CATEGORY.
+log). Reading is defensive (`ReadLimits`, config `data.*`): local paths only unless `data.allowed_schemes`
+lists the URL's scheme; a window above `data.max_bytes` / `data.max_rows` is refused before it is read
+whole; duplicate column names, a truncated file and a file whose content is not what its name says
+(Parquet named .csv) are each named as such. The model sees features in one canonical form, built here
+and nowhere else, so training, evaluation, ONNX export and serving cannot disagree: numeric -> float,
+categorical -> string with missing values mapped to MISSING_CATEGORY.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,45 @@ log = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "__missing__"
 SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
+PARQUET_MAGIC = b"PAR1"
+_GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_MAX_ROWS = 2_000_000
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+
+
+class WindowTooLarge(DataError):
+    """A window above data.max_rows or data.max_bytes."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a window reader accepts (config `data.allowed_schemes`, `data.max_rows`, `data.max_bytes`)."""
+
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    allowed_schemes: tuple[str, ...] = ()
+
+    def check_location(self, path: str, what: str = "window path") -> None:
+        """Refuse a URL whose scheme `allowed_schemes` does not list (file:// is a local path)."""
+        if "://" not in path:
+            return
+        scheme = path.split("://", 1)[0].lower()
+        if scheme == "file" or scheme in self.allowed_schemes:
+            return
+        allowed = f" (allowed: {list(self.allowed_schemes)})" if self.allowed_schemes else ""
+        raise DataError(f"{what} {path!r}: URLs ({scheme}://) are not read{allowed}; give a local path, or "
+                        f"list '{scheme}' in data.allowed_schemes")
+
+    def check_bytes(self, path: str | Path, size: int) -> None:
+        if size > self.max_bytes:
+            raise WindowTooLarge(f"window {path} is {size:,} bytes, above data.max_bytes {self.max_bytes:,}: "
+                            "use a smaller window (data.current_window) or raise data.max_bytes")
+
+    def check_rows(self, path: str | Path, rows: int, exact: bool = True) -> None:
+        if rows > self.max_rows:
+            count = f"{rows:,}" if exact else f"more than {self.max_rows:,}"
+            raise WindowTooLarge(f"window {path} has {count} rows, above data.max_rows {self.max_rows:,}: "
+                            "use a smaller window (data.current_window) or raise data.max_rows")
 
 
 @dataclass(frozen=True)
@@ -39,6 +81,8 @@ class Window:
     frame: pd.DataFrame
     path: str
     sha256: str
+    #: what the reader left out or noticed (a prediction log: `feedback_ignored`, `marked_unseen`)
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -70,78 +114,194 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DataError(f"duplicate column name {key!r} in a JSON object: each column must appear once")
+        seen[key] = value
+    return seen
+
+
+def _read_jsonl(path: Path, max_rows: int) -> pd.DataFrame:
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
+    ends_with_newline = _last_byte(path) == b"\n"
     with path.open() as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line, object_pairs_hook=_no_duplicate_keys))
+            except DataError as exc:
+                raise DataError(f"{path}:{lineno}: {exc}") from None
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                cut = " (the file looks truncated: its last line has no line end)" \
+                    if not ends_with_newline and not fh.readline() else ""
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}){cut}") from None
+            if len(rows) > max_rows:
+                ReadLimits(max_rows=max_rows).check_rows(path, len(rows), exact=False)
     return pd.DataFrame.from_records(rows)
 
 
-def _read_one(path: Path) -> pd.DataFrame:
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1)
+
+
+def _sniff(path: Path) -> None:
+    """Refuse a file whose first bytes say it is not what its name says, or whose end says it was cut."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        fh.seek(-min(4, path.stat().st_size), 2)
+        tail = fh.read(4)
+    is_parquet = path.suffix in (".parquet", ".pq")
+    if head == PARQUET_MAGIC and not is_parquet:
+        raise DataError(f"{path} is a Parquet file (magic bytes PAR1) named {path.suffix}: rename it to .parquet")
+    if head[:2] == _GZIP_MAGIC:
+        raise DataError(f"{path} is gzip-compressed, not plain {path.suffix}: decompress it first")
+    if is_parquet and head != PARQUET_MAGIC:
+        raise DataError(f"{path} is not a Parquet file (it does not start with the magic bytes PAR1)")
+    if is_parquet and tail != PARQUET_MAGIC:
+        raise DataError(f"{path} is a truncated Parquet file (no PAR1 footer at its end): it was cut while "
+                        "being written or copied")
+    if path.suffix == ".csv" and tail[-1:] != b"\n":
+        raise DataError(f"{path} looks truncated: its last line has no line end (cut mid-line or mid-number). "
+                        "If the file is complete, end it with a newline")
+
+
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    with path.open(newline="", errors="replace") as fh:
+        return next(csv.reader(fh), [])
+
+
+def _duplicates(names: list[Any]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({str(n) for n in names if str(n) in seen or seen.add(str(n))})
+
+
+def _read_csv(path: Path, max_rows: int) -> pd.DataFrame:
     import pandas as pd
 
+    dupes = _duplicates(_csv_header(path))
+    if dupes:
+        raise DataError(f"{path}: duplicate column names {dupes} in the header: each column must appear once")
+    try:
+        frame = pd.read_csv(path, nrows=max_rows + 1)
+    except pd.errors.ParserError as exc:
+        cut = " (the file looks truncated)" if "EOF" in str(exc) else ""
+        raise DataError(f"cannot read {path}: malformed CSV{cut}: {exc}") from None
+    if len(frame) > max_rows:
+        ReadLimits(max_rows=max_rows).check_rows(path, len(frame), exact=False)
+    return frame
+
+
+def _read_parquet(path: Path, max_rows: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path)
+    dupes = _duplicates(meta.schema_arrow.names)
+    if dupes:
+        raise DataError(f"{path}: duplicate column names {dupes}: each column must appear once")
+    ReadLimits(max_rows=max_rows).check_rows(path, meta.metadata.num_rows)
+    return meta.read().to_pandas()
+
+
+def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty (0 bytes): expected a header and rows")
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported format '{path.suffix}' (use {', '.join(SUFFIXES)})")
+    _sniff(path)
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path)
-        if path.suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if path.suffix in (".jsonl", ".json"):
-            return _read_jsonl(path)
+            frame = _read_csv(path, max_rows)
+        elif path.suffix in (".parquet", ".pq"):
+            frame = _read_parquet(path, max_rows)
+        else:
+            frame = _read_jsonl(path, max_rows)
     except DataError:
         raise
     except Exception as exc:  # pandas raises many types; the user needs the file and the cause
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    raise DataError(f"{path}: unsupported format '{path.suffix}' (use {', '.join(SUFFIXES)})")
+    dupes = _duplicates(list(frame.columns))
+    if dupes:
+        raise DataError(f"{path}: duplicate column names {dupes}: each column must appear once")
+    return frame
 
 
 def read_window(path: str, label_column: str | None = None, *, since: datetime | None = None,
-                until: datetime | None = None) -> Window:
-    """Read a window from a local path (file or folder) or a URI pandas can open (s3://, gs://...).
+                until: datetime | None = None, limits: ReadLimits | None = None) -> Window:
+    """Read a window from a local path (file or folder), or a URL whose scheme `limits.allowed_schemes` lists.
 
     A folder written by the model server (a prediction log, ml.predlog) is read as its predictions'
     features plus `label_column`, filled from the feedback sent to the server (NaN where none came),
     the predictions made in [since, until] only (`data.current_window`), smoke-test traffic left out.
     """
-    import pandas as pd
-
+    limits = limits or ReadLimits()
+    limits.check_location(path)
     if "://" in path and not path.startswith("file://"):
-        try:
-            frame = pd.read_parquet(path) if path.endswith((".parquet", ".pq")) else pd.read_csv(path)
-        except Exception as exc:
-            raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-        digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()
-        return Window(frame=frame, path=path, sha256=digest)
+        return _read_url(path, limits)
     local = Path(path.removeprefix("file://"))
     from ml.predlog import META_COLUMNS, is_prediction_log, read_prediction_log
 
     if is_prediction_log(local):
-        frame = read_prediction_log(local, label_column=label_column, since=since,
-                                    until=until).drop(columns=list(META_COLUMNS))
+        frame = read_prediction_log(local, label_column=label_column, since=since, until=until,
+                                    limits=limits).drop(columns=list(META_COLUMNS))
         if frame.empty:
             span = f" between {since or 'the start'} and {until or 'now'}" if since or until else " yet"
             raise DataError(f"prediction log {local} holds no predictions{span}: nothing to check")
-        return Window(frame=frame, path=str(local), sha256=sha256_of(local))
+        counts = {k: int(frame.attrs.get(k, 0)) for k in ("feedback_ignored", "marked_unseen")}
+        return Window(frame=frame, path=str(local), sha256=sha256_of(local), counts=counts)
+    return Window(frame=_read_files(local, limits), path=str(local), sha256=sha256_of(local))
+
+
+def _read_files(local: Path, limits: ReadLimits) -> pd.DataFrame:
+    import pandas as pd
+
     files = _files(local)
-    frames = [_read_one(f) for f in files]
+    limits.check_bytes(local, sum(f.stat().st_size for f in files))
+    frames: list[pd.DataFrame] = []
+    rows = 0
+    for f in files:
+        try:
+            frames.append(_read_one(f, limits.max_rows - rows))
+        except WindowTooLarge:
+            if len(files) == 1:
+                raise
+            limits.check_rows(local, limits.max_rows + 1, exact=False)  # the folder's rows, not this file's
+        rows += len(frames[-1])
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    limits.check_rows(local, len(frame))
     log.info("read %s: %d rows x %d columns", local, len(frame), frame.shape[1])
-    return Window(frame=frame, path=str(local), sha256=sha256_of(local))
+    return frame
+
+
+def _read_url(path: str, limits: ReadLimits) -> Window:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path) if path.endswith((".parquet", ".pq")) else \
+            pd.read_csv(path, nrows=limits.max_rows + 1)
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    limits.check_rows(path, len(frame), exact=len(frame) <= limits.max_rows)
+    dupes = _duplicates(list(frame.columns))
+    if dupes:
+        raise DataError(f"{path}: duplicate column names {dupes}: each column must appear once")
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()
+    return Window(frame=frame, path=path, sha256=digest)
 
 
 def load_windows(config: ModelConfig) -> tuple[Window, Window | None]:
     """The reference window and, when configured, the current window."""
-    reference = read_window(config.reference_path, config.target)
-    current = read_window(config.current_path, config.target) if config.current_path else None
+    limits = config.data.limits
+    reference = read_window(config.reference_path, config.target, limits=limits)
+    current = read_window(config.current_path, config.target, limits=limits) if config.current_path else None
     return reference, current
 
 

@@ -31,8 +31,31 @@ if TYPE_CHECKING:
 META_PREFIX = "ct."
 
 
-def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str]) -> bytes:
-    """Serialised ONNX model of a fitted pipeline, with metadata props."""
+def serving_contract(pipeline: Any, config: ModelConfig, seen: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The data contract the server checks requests against (metadata prop `ct.contract`): per numeric
+    feature its [min, max] (contract.columns), per categorical feature the `allowed` list and the
+    categories the model knows (its encoder's, plus those of `seen`, a model frame of the holdout)."""
+    from ml.data import MISSING_CATEGORY, label_key
+
+    rules = config.contract.columns
+    ranges = {c: [rules[c].min, rules[c].max] for c in config.features.numeric
+              if c in rules and (rules[c].min is not None or rules[c].max is not None)}
+    allowed = {c: [label_key(v) for v in rules[c].allowed] for c in config.features.categorical
+               if c in rules and rules[c].allowed is not None}
+    known: dict[str, list[str]] = {}
+    encoders = dict((name, (step, cols)) for name, step, cols in pipeline.steps[0][1].transformers_)
+    if "categorical" in encoders:
+        encoder, cols = encoders["categorical"]
+        known = {c: [str(v) for v in cats] for c, cats in zip(cols, encoder.categories_, strict=True)}
+    if seen is not None:
+        for c in known:
+            known[c] = sorted(set(known[c]) | {str(v) for v in seen[c].dropna().unique()})
+    known = {c: [v for v in values if v != MISSING_CATEGORY] for c, values in known.items()}
+    return {"ranges": ranges, "allowed": allowed, "known": known}
+
+
+def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str], seen: pd.DataFrame | None = None) -> bytes:
+    """Serialised ONNX model of a fitted pipeline, with metadata props (`seen`: see `serving_contract`)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
@@ -62,6 +85,7 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str]) -> bytes:
         "classes": json.dumps(classes),
         "threshold": str(config.model.threshold),
         "estimator": config.model.estimator,
+        "contract": json.dumps(serving_contract(pipeline, config, seen)),
     }
     for key, value in meta.items():
         prop = model.metadata_props.add()
@@ -100,7 +124,7 @@ class ExportMeasure:
 
 def measure_export(pipeline: Any, config: ModelConfig, classes: list[str], frame: pd.DataFrame) -> ExportMeasure:
     """Convert `pipeline` and score `frame` (a model frame) with onnxruntime, as the gates step will."""
-    model = OnnxModel.from_bytes(data := to_onnx(pipeline, config, classes))
+    model = OnnxModel.from_bytes(data := to_onnx(pipeline, config, classes, seen=frame))
     p50, p99 = model.single_row_latencies_ms(frame)
     return ExportMeasure(onnx=data, onnx_proba=model.predict_proba(frame), latency_p50_ms=p50, latency_p99_ms=p99)
 

@@ -16,7 +16,12 @@ Prediction line::
      "output": {"label": "1", "probabilities": {"0": 0.28, "1": 0.72}}}
 
 Feedback line: ``{"prediction_id": "3f2a...", "timestamp": "...", "label": "1"}``.
-The date partition is the UTC date of the line's timestamp.
+The date partition is the UTC date of the line's timestamp. A prediction takes one label: the server
+answers 409 to a second one, and the reader keeps the first label of an id (a second one that reached
+the log anyway, e.g. through another worker, is ignored and counted, never "the latest wins").
+
+A prediction whose categorical value the model never saw, accepted with ``CT_UNSEEN_CATEGORY=mark``,
+carries ``"unseen": ["department"]``; the reader counts those lines.
 
 Traffic that is not users': a request with the header ``X-CT-Traffic: smoke`` (what every deploy's smoke
 test sends, ml.deploy.smoke) is logged with ``"traffic": "smoke"``; the reader leaves those lines out of
@@ -49,6 +54,8 @@ from ml.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ml.data import ReadLimits
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +138,11 @@ class PredictionLogWriter:
 
     def log_prediction(self, prediction_id: str, timestamp: float, model_version: str,
                        features: dict[str, Any], label: str, probabilities: dict[str, float],
-                       traffic: str | None = None) -> bool:
-        """Queue one prediction (timestamp: POSIX seconds; `traffic`: the X-CT-Traffic header, None for users).
-        False when it had to be dropped."""
+                       traffic: str | None = None, unseen: list[str] | None = None) -> bool:
+        """Queue one prediction (timestamp: POSIX seconds; `traffic`: the X-CT-Traffic header, None for users;
+        `unseen`: categorical features whose value the model never saw). False when it had to be dropped."""
         return self._enqueue((PREDICTIONS, timestamp, prediction_id, model_version, features, label, probabilities,
-                              traffic))
+                              traffic, unseen))
 
     def log_feedback(self, prediction_id: str, timestamp: float, label: str) -> bool:
         """Queue one feedback label for an earlier prediction. False when it had to be dropped."""
@@ -167,6 +174,8 @@ class PredictionLogWriter:
                           "features": item[4], "output": {"label": item[5], "probabilities": item[6]}}
                 if item[7] is not None:
                     record["traffic"] = item[7]
+                if item[8]:
+                    record["unseen"] = item[8]
             else:
                 record = {"prediction_id": item[2], "timestamp": stamp, "label": item[3]}
             batches.setdefault((kind, stamp[:10]), []).append(encode(record) + b"\n")
@@ -280,6 +289,23 @@ def _records(files: list[Path]) -> list[dict[str, Any]]:
     return out
 
 
+def feedback_ids(path: str | Path) -> set[str]:
+    """The prediction ids that already have a label in the log (what the server seeds its 409 check with)."""
+    root = Path(str(path).removeprefix("file://"))
+    return {str(r["prediction_id"]) for r in _records(_partition_files(root, FEEDBACK, None, None))}
+
+
+def first_labels(feedback: pd.DataFrame) -> tuple[pd.Series, int]:
+    """(label per prediction id: the first one given, number of later labels ignored). A prediction takes one
+    label; a second one that reached the log (another worker, an older server) never overwrites it."""
+    first = feedback.drop_duplicates("prediction_id", keep="first")
+    ignored = len(feedback) - len(first)
+    if ignored:
+        log.warning("prediction log: %d later feedback label(s) for already labelled prediction(s) ignored "
+                    "(the first label of a prediction counts)", ignored)
+    return first.set_index("prediction_id")["label"], ignored
+
+
 def read_feedback(path: str | Path, start: date | str | None = None) -> pd.DataFrame:
     """Feedback labels as a frame (prediction_id, timestamp, label), oldest first.
 
@@ -326,21 +352,23 @@ def _days(start: date | str | None, end: date | str | None, since: datetime | No
     return start_d, end_d
 
 
-def _prediction_rows(files: list[Path], include_smoke: bool) -> tuple[list[dict[str, Any]], dict[str, None], int]:
-    """(rows, feature names in order of appearance, smoke-test lines left out)."""
+def _prediction_rows(files: list[Path], include_smoke: bool
+                     ) -> tuple[list[dict[str, Any]], dict[str, None], int, int]:
+    """(rows, feature names in order of appearance, smoke-test lines left out, lines marked `unseen`)."""
     rows: list[dict[str, Any]] = []
     feature_names: dict[str, None] = {}
-    smoke = 0
+    smoke = marked = 0
     for record in _records(files):
         if not include_smoke and record.get("traffic") == SMOKE:
             smoke += 1
             continue
+        marked += bool(record.get("unseen"))
         features = record.get("features") or {}
         feature_names.update(dict.fromkeys(features))
         output = record.get("output") or {}
         rows.append({**features, "prediction_id": record["prediction_id"], "timestamp": record.get("timestamp"),
                      "model_version": record.get("model_version"), "prediction": output.get("label")})
-    return rows, feature_names, smoke
+    return rows, feature_names, smoke, marked
 
 
 def _within(frame: pd.DataFrame, since: datetime | None, until: datetime | None) -> pd.DataFrame:
@@ -358,10 +386,12 @@ def _within(frame: pd.DataFrame, since: datetime | None, until: datetime | None)
 
 def read_prediction_log(path: str | Path, label_column: str | None = None, start: date | str | None = None,
                         end: date | str | None = None, *, since: datetime | None = None,
-                        until: datetime | None = None, include_smoke: bool = False) -> pd.DataFrame:
+                        until: datetime | None = None, include_smoke: bool = False,
+                        limits: ReadLimits | None = None) -> pd.DataFrame:
     """One row per logged prediction: its features, `prediction_id`, `timestamp` (UTC), `model_version`,
     the predicted label as `prediction` and, when `label_column` is given (the config's target), that
-    column filled from feedback (the latest label per prediction wins; NaN where none came back).
+    column filled from feedback (the first label per prediction counts; NaN where none came back).
+    `limits` (data.max_bytes, data.max_rows) refuse a window too large before it is parsed whole.
 
     `start`/`end` (dates, inclusive) select prediction partitions, `since`/`until` (aware datetimes,
     inclusive) the predictions by their timestamp; feedback is read from the first day on with no end,
@@ -376,7 +406,11 @@ def read_prediction_log(path: str | Path, label_column: str | None = None, start
         raise DataError(f"{root} is not a prediction log (no '{PREDICTIONS}/' folder inside)")
     start_d, end_d = _days(start, end, since, until)
     files = _partition_files(root, PREDICTIONS, start_d, end_d)
-    rows, feature_names, smoke = _prediction_rows(files, include_smoke)
+    if limits is not None:
+        limits.check_bytes(root, sum(f.stat().st_size for f in files))
+    rows, feature_names, smoke, marked = _prediction_rows(files, include_smoke)
+    if limits is not None:
+        limits.check_rows(root, len(rows))
     reserved = {*META_COLUMNS, *([label_column] if label_column else [])}
     clash = sorted(reserved & set(feature_names))
     if clash:
@@ -387,10 +421,11 @@ def read_prediction_log(path: str | Path, label_column: str | None = None, start
     frame = _within(frame, since, until)
     frame["model_version"] = frame["model_version"].astype(object)
     if label_column:
-        feedback = read_feedback(root, start_d)
-        latest = feedback.drop_duplicates("prediction_id", keep="last").set_index("prediction_id")["label"]
-        frame[label_column] = frame["prediction_id"].map(latest).astype(object)
+        labels, ignored = first_labels(read_feedback(root, start_d))
+        frame.attrs["feedback_ignored"] = ignored
+        frame[label_column] = frame["prediction_id"].map(labels).astype(object)
         frame.loc[frame[label_column].isna(), label_column] = np.nan
+    frame.attrs["marked_unseen"] = marked
     log.info("read prediction log %s: %d prediction(s) from %d file(s)%s%s%s", root, len(frame), len(files),
              f", {int(frame[label_column].notna().sum())} labelled" if label_column else "",
              f", {smoke} smoke-test line(s) left out" if smoke else "",

@@ -182,7 +182,9 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
         contract={"passed": bool(validation and validation.passed),
                   "problems": (validation.problems if validation else []) or
                   ([errors[Step.VALIDATE]] if Step.VALIDATE in errors else []),
-                  "warnings": validation.warnings if validation else []},
+                  "warnings": validation.warnings if validation else [],
+                  "quarantine": {name: q.to_dict() for name, q in validation.quarantine.items()}
+                  if validation else {}},
         drift=_drift_section(state.get(Step.DRIFT, DriftResult)),
         performance=_section(perf, ("champion_version", "metric", "on_reference", "on_current", "decayed",
                                     "labelled_rows", "detail", "estimated", "estimate_decayed", "calibrated",

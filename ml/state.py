@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ml.contract import Quarantine
 from ml.decision import Decision, PerformanceResult
 from ml.deploy import DeployResult
 from ml.drift import DriftResult
@@ -92,6 +93,16 @@ class Validation(Result):
     current_snapshot: str | None = None
     #: the champion when the attempt started: every later step compares with this version
     champion_version: str | None = None
+    #: window ("reference", "current") -> the rows dropped because they break the contract (ml.contract)
+    quarantine: dict[str, Quarantine] = field(default_factory=dict)
+
+    @property
+    def dropped_rows(self) -> dict[str, int]:
+        """window -> rows dropped because they break the contract (shown in the summary)."""
+        return {name: q.dropped for name, q in self.quarantine.items()}
+
+    def summary(self) -> dict[str, Any]:
+        return super().summary() | {"quarantine": {name: q.summary() for name, q in self.quarantine.items()}}
 
     def stop_error(self) -> ContractError | None:
         if self.passed:

@@ -58,7 +58,7 @@ DOTENV = REPO / ".env"
 #: The secrets of docker-compose.yaml (see .env.example), minus POSTGRES_PASSWORD (the local server is ours).
 SECRET_NAMES = ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET",
                 "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY",
-                "MLFLOW_SERVING_PASSWORD")
+                "MLFLOW_SERVING_PASSWORD", "CT_API_TOKEN")
 MLFLOW = "mlflow"
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 SERVICES = (MLFLOW, *AIRFLOW_SERVICES)

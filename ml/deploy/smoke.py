@@ -2,13 +2,16 @@
 
 Standard library only (it also runs inside the small deployer image). It checks, in order: /health
 answers, /ready reports the expected version, /model reports the expected sha256, and /predict/batch
-answers the sample records with well-formed probabilities that agree with the expected ones.
+answers the sample records with well-formed probabilities that agree with the expected ones. When the
+deployer's environment has CT_API_TOKEN (or CT_API_TOKEN_FILE), as the server's does, it is sent as the
+bearer token.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -32,11 +35,23 @@ class SmokeResult(Result):
     latency_ms: float | None = None
 
 
+def api_token() -> str | None:
+    """The bearer token of the serving API from this process's environment (CT_API_TOKEN_FILE wins), if any."""
+    path = os.environ.get("CT_API_TOKEN_FILE", "").strip()
+    if path:
+        with open(path) as fh:
+            return fh.read().strip() or None
+    return os.environ.get("CT_API_TOKEN", "").strip() or None
+
+
 def _call(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     # Marked as smoke traffic: the server logs it as such and the next window leaves it out (ml.predlog).
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                     headers={"Content-Type": "application/json", TRAFFIC_HEADER: SMOKE})
+    headers = {"Content-Type": "application/json", TRAFFIC_HEADER: SMOKE}
+    token = api_token() if data is not None else None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")

@@ -8,12 +8,16 @@ Hot path: the request endpoints are plain functions from body bytes to (status, 
 ASGI middleware in front of the router calls them directly: Starlette's routing and Request/Response
 objects cost about 40% of single-row throughput on a 2-core machine (measured, see docs/serving.md).
 Both ways run the same code; tests exercise both. Bodies are parsed with msgspec and validated by
-hand against the model's feature lists; client mistakes are 4xx with {"detail": ...}, never a 500.
+hand against the model's feature lists and data contract; client mistakes are 4xx with {"detail": ...},
+never a 500 (a body nested deeper than the decoder's recursion limit included). With CT_API_TOKEN the POST
+endpoints require `Authorization: Bearer <token>` (compared in constant time); a prediction takes one
+feedback label (a second one is a 409).
 """
 
 from __future__ import annotations
 
 import contextvars
+import hmac
 import logging
 import os
 import signal
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from ml.predlog import TRAFFIC_HEADER, PredictionLogWriter
+from ml.predlog import TRAFFIC_HEADER, PredictionLogWriter, feedback_ids
 from ml.serving.metrics import Metrics
 from ml.serving.model import LoadedModel, ModelLoadError, RequestError, Scorer, resolve_model
 from ml.serving.settings import Settings
@@ -64,7 +68,7 @@ class ServingService:
         self.settings = settings
         #: (model, scorer) swapped as one reference when the followed alias moves; request handlers read
         #: it once, so a request is validated and scored by the same model version
-        self._current: tuple[LoadedModel, Scorer] = (loaded, Scorer(loaded.model, loaded.version))
+        self._current: tuple[LoadedModel, Scorer] = (loaded, self._scorer(loaded))
         self._refused_version: str | None = None
         self._follow_stop = threading.Event()
         self._follow_thread: threading.Thread | None = None
@@ -75,6 +79,9 @@ class ServingService:
             live=self._live_metrics)
         self.ready = False
         self.state = "starting"
+        #: prediction ids that have a feedback label (seeded from the log at start): a second label is a 409
+        self.labelled: set[str] = set()
+        self._token = settings.api_token.encode() if settings.api_token else None
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder().decode
         self._decode_error = msgspec.DecodeError
@@ -84,6 +91,21 @@ class ServingService:
             ("POST", "/predict"): self.predict, ("POST", "/predict/batch"): self.predict_batch,
             ("POST", "/feedback"): self.feedback,
         }
+
+    def _scorer(self, loaded: LoadedModel) -> Scorer:
+        return Scorer(loaded.model, loaded.version, self.settings.unseen_category)
+
+    def auth_problem(self, authorization: bytes | None) -> RequestError | None:
+        """None when the request may proceed: no token configured, or `Authorization: Bearer <the token>`."""
+        if self._token is None:
+            return None
+        if not authorization:
+            return RequestError(401, "missing bearer token: send the header 'Authorization: Bearer <token>' "
+                                     "(the server requires CT_API_TOKEN)")
+        scheme, _, given = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            return RequestError(401, "wrong bearer token (Authorization: Bearer <token>, CT_API_TOKEN)")
+        return None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -113,6 +135,7 @@ class ServingService:
         self.scorer.warm_up()
         if self.writer is not None:
             self.writer.start()
+            self.labelled = feedback_ids(self.writer.root)
         self.metrics.start()
         if self.settings.follow_s:
             self._follow_thread = threading.Thread(target=self._follow, name="model-follow", daemon=True)
@@ -179,7 +202,7 @@ class ServingService:
                 log.error("following %s: version %s refused, still serving version %s: %s", uri, version, before,
                           exc)
             return False
-        scorer = Scorer(loaded.model, loaded.version)
+        scorer = self._scorer(loaded)
         scorer.warm_up()
         self._current = (loaded, scorer)
         self._refused_version = None
@@ -197,6 +220,9 @@ class ServingService:
             return handler(body)
         except RequestError as exc:
             return exc.status, self._encode({"detail": exc.detail})
+        except RecursionError:  # msgspec's decoder (or a repr) on a body nested ~1000 levels deep
+            return 400, self._encode({"detail": "JSON nested too deeply: the server accepts objects of features, "
+                                                "{\"records\": [...]} or {\"items\": [...]}, nothing deeper"})
         except Exception:
             log.exception("unexpected error in %s", getattr(handler, "__name__", handler))
             return 500, self._encode({"detail": "internal server error (logged by the server)"})
@@ -216,8 +242,8 @@ class ServingService:
     def predict(self, body: bytes) -> tuple[int, bytes]:
         record = self._json(body)
         scorer = self.scorer
-        scorer.check_record(record)
-        timestamp, out = scorer.predict([record])
+        unseen = scorer.check_record(record)
+        timestamp, out = scorer.predict([record], None if unseen is None else [unseen])
         self._record(scorer.model_version, timestamp, [record], out)
         return 200, self._encode(out[0])
 
@@ -236,16 +262,17 @@ class ServingService:
                                     f"{self.settings.max_batch} (CT_MAX_BATCH): split it")
         problems: list[str] = []
         scorer = self.scorer
+        unseen: list[list[str] | None] = []
         for i, record in enumerate(records):
             try:
-                scorer.check_record(record, f"records[{i}]: ")
+                unseen.append(scorer.check_record(record, f"records[{i}]: "))
             except RequestError as exc:
                 problems.append(exc.detail)
                 if len(problems) == 5:
                     break
         if problems:
             raise RequestError(422, "; ".join(problems))
-        timestamp, out = scorer.predict(records)
+        timestamp, out = scorer.predict(records, unseen if any(unseen) else None)
         self._record(scorer.model_version, timestamp, records, out)
         return 200, self._encode({"model_version": scorer.model_version, "predictions": out})
 
@@ -258,7 +285,7 @@ class ServingService:
         traffic = TRAFFIC.get()
         for record, result in zip(records, out, strict=True):
             writer.log_prediction(result["prediction_id"], timestamp, version, record, result["label"],
-                                  result["probabilities"], traffic)
+                                  result["probabilities"], traffic, result.get("unseen"))
 
     def feedback(self, body: bytes) -> tuple[int, bytes]:
         doc = self._json(body)
@@ -277,13 +304,28 @@ class ServingService:
         if self.writer is None:
             raise RequestError(503, "feedback cannot be stored: prediction logging is disabled on this server "
                                     "(set CT_PREDICTION_LOG_DIR)")
+        self._refuse_relabel([pid for pid, _ in checked])
         now = time.time()
-        stored = sum(self.writer.log_feedback(pid, now, label) for pid, label in checked)
+        stored = 0
+        for pid, label in checked:
+            if self.writer.log_feedback(pid, now, label):
+                self.labelled.add(pid)
+                stored += 1
         self.metrics.inc("ct_feedback_total", stored)
         if stored < len(checked):
             raise RequestError(503, f"prediction log queue is full: {len(checked) - stored} of {len(checked)} "
                                     "feedback item(s) not stored; retry later")
         return 202, self._encode({"accepted": stored})
+
+    def _refuse_relabel(self, ids: list[str]) -> None:
+        """409 naming the ids that already have a label (or appear twice in the request): nothing is stored."""
+        seen: set[str] = set()
+        again = [pid for pid in ids if pid in self.labelled or pid in seen or seen.add(pid)]
+        if again:
+            self.metrics.inc("ct_feedback_conflicts_total", len(again))
+            raise RequestError(409, f"prediction(s) {sorted(set(again))[:5]} already have a feedback label: a "
+                                    "prediction takes one label, a second is never stored (nothing of this "
+                                    "request was stored)")
 
     # ---- read-only endpoints ---------------------------------------------------------------------
 
@@ -393,8 +435,9 @@ class HotPathMiddleware:
     async def _serve(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> int:
         service = self.service
         problem = _content_type_problem(_header(scope, b"content-type"))
-        error = RequestError(415, problem) if problem else _length_problem(
-            _header(scope, b"content-length"), service.settings.max_body_bytes)
+        error = service.auth_problem(_header(scope, b"authorization")) or (
+            RequestError(415, problem) if problem else _length_problem(
+                _header(scope, b"content-length"), service.settings.max_body_bytes))
         if error is None:
             try:
                 body = await _read_body(receive, service.settings.max_body_bytes)
@@ -412,8 +455,10 @@ class HotPathMiddleware:
             finally:
                 TRAFFIC.reset(token)
         headers = [(b"content-type", JSON_TYPE), (b"content-length", str(len(payload)).encode())]
-        if error is not None and status == 413:
+        if error is not None and status in (401, 413):
             headers.append((b"connection", b"close"))  # the rest of the body was not read
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
         return status
@@ -422,15 +467,17 @@ class HotPathMiddleware:
 async def _route_call(service: ServingService, handler: Handler, request: Request) -> Response:
     """The same handler as the middleware's, through FastAPI's Request (used without the fast path)."""
     problem = _content_type_problem(request.headers.get("content-type", "").encode() or None)
-    error = RequestError(415, problem) if problem else _length_problem(
-        (request.headers.get("content-length") or "").encode() or None, service.settings.max_body_bytes)
+    error = service.auth_problem((request.headers.get("authorization") or "").encode("latin-1") or None) or (
+        RequestError(415, problem) if problem else _length_problem(
+            (request.headers.get("content-length") or "").encode() or None, service.settings.max_body_bytes))
     if error is None:
         try:
             body = await _read_body(request.receive, service.settings.max_body_bytes)
         except RequestError as exc:
             error = exc
     if error is not None:
-        return JSONResponse({"detail": error.detail}, status_code=error.status)
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse({"detail": error.detail}, status_code=error.status, headers=headers)
     token = TRAFFIC.set((request.headers.get(TRAFFIC_HEADER) or "")[:32] or None)
     try:
         status, payload = service.call(handler, body)

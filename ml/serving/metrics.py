@@ -47,6 +47,7 @@ REQUESTS_HELP = "HTTP requests by endpoint and status code."
 #: counters without labels: name -> HELP
 COUNTERS = {
     "ct_feedback_total": "Feedback labels accepted.",
+    "ct_feedback_conflicts_total": "Feedback labels refused (409): the prediction already had one.",
     "ct_prediction_log_written_total": "Prediction-log lines written (predictions and feedback).",
     "ct_prediction_log_dropped_total": "Prediction-log records dropped (queue full or write error).",
     "ct_prediction_log_write_errors_total": "Failed prediction-log batch writes.",

@@ -3,7 +3,9 @@
 `resolve_model` turns CT_MODEL_URI into a verified `OnnxModel` (a local path checked against
 CT_MODEL_SHA256, or a registry version fetched and checked against its `ct.onnx_sha256` tag).
 `Scorer` validates request records by hand against the model's feature lists (no pydantic on the hot
-path: a dict lookup and a type check per feature) and turns onnxruntime's probabilities into the
+path: a dict lookup and a type check per feature) and against the data contract the model carries
+(`ct.contract`, ml.export.serving_contract: numeric [min, max], `allowed` lists, the categories the model
+knows: a comparison or a set lookup per feature), and turns onnxruntime's probabilities into the
 response objects. Categorical values are canonicalised exactly like training's `ml.data.model_frame`.
 """
 
@@ -136,9 +138,15 @@ def _json_type(value: Any) -> str:
 
 
 class Scorer:
-    """Validates JSON records against the model's features and produces the response objects."""
+    """Validates JSON records against the model's features and contract, and produces the response objects.
 
-    def __init__(self, model: OnnxModel, model_version: str) -> None:
+    `unseen_category` (CT_UNSEEN_CATEGORY): a categorical value the model never saw is refused (422) or, with
+    `mark`, accepted and reported by `check_record` so the prediction is marked `unseen`.
+    """
+
+    def __init__(self, model: OnnxModel, model_version: str, unseen_category: str = "refuse") -> None:
+        import json
+
         self.model = model
         self.model_version = model_version
         self.numeric = list(model.numeric)
@@ -149,13 +157,34 @@ class Scorer:
         self.class_set = frozenset(self.classes)
         self.threshold = float(model.threshold)
         self.binary = len(self.classes) == 2
+        self._load_contract(json.loads(model.meta.get("contract") or "{}"))
+        self.mark_unseen = unseen_category == "mark"
+
+    def _load_contract(self, contract: dict[str, Any]) -> None:
+        """The checks of `ct.contract` (ml.export.serving_contract), precomputed per feature."""
+        if not contract:
+            log.warning("model %s carries no data contract (exported before ct.contract): requests are checked "
+                        "against its features only", self.model.meta.get("name", "?"))
+        self.ranges: dict[str, tuple[float | None, float | None]] = {
+            c: (lo, hi) for c, (lo, hi) in contract.get("ranges", {}).items()}
+        #: (feature, low, high): the float32 range narrowed to the contract's [min, max], one comparison chain
+        self.bounds = [(c, -_F32_MAX if (lo := self.ranges.get(c, (None, None))[0]) is None else max(lo, -_F32_MAX),
+                        _F32_MAX if (hi := self.ranges.get(c, (None, None))[1]) is None else min(hi, _F32_MAX))
+                       for c in self.numeric]
+        self.allowed = {c: frozenset(v) for c, v in contract.get("allowed", {}).items()}
+        known = {c: frozenset(v) for c, v in contract.get("known", {}).items()}
+        #: (feature, the values accepted without a second look: known and allowed; None = any string)
+        self.categories = [(c, known[c] & self.allowed.get(c, known[c]) if c in known else self.allowed.get(c))
+                           for c in self.categorical]
 
     # ---- validation ----------------------------------------------------------------------------
 
-    def check_record(self, record: Any, where: str = "") -> None:
+    def check_record(self, record: Any, where: str = "") -> list[str] | None:
         """Validate one record in place (categorical numbers become their canonical strings).
 
-        Raises RequestError(422) naming the field. `where` prefixes messages (e.g. "records[3]: ").
+        Raises RequestError(422) naming the field (and the value, for a data-contract violation). Returns
+        the categorical features whose value the model never saw (only with `mark`; else they are refused),
+        or None. `where` prefixes messages (e.g. "records[3]: ").
         """
         if type(record) is not dict:
             raise RequestError(422, f"{where}expected a JSON object of features, got {_json_type(record)}")
@@ -168,25 +197,51 @@ class Scorer:
             if extra:
                 parts.append(f"unknown field(s) {extra}")
             raise RequestError(422, f"{where}{'; '.join(parts)} (the model expects exactly {self.features})")
-        for name in self.numeric:
+        for name, low, high in self.bounds:
             value = record[name]
             kind = type(value)
-            if (kind is float or kind is int) and -_F32_MAX <= value <= _F32_MAX:  # NaN fails both
+            if (kind is float or kind is int) and low <= value <= high:  # NaN fails both
                 continue
             raise RequestError(422, f"{where}{self._numeric_problem(name, value)}")
-        for name in self.categorical:
+        unseen = None
+        for name, accepted in self.categories:
             value = record[name]
-            if type(value) is str or value is None:
+            if type(value) is str:
+                if accepted is None or value in accepted:
+                    continue
+            elif value is None:
                 continue
-            if isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
-                record[name] = label_key(value)  # 3 and 3.0 -> "3", as training's model_frame does
-                continue
-            raise RequestError(422, f"{where}categorical feature '{name}' must be a string (or null for "
-                                    f"missing), got {_json_type(value)}")
+            elif isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
+                value = record[name] = label_key(value)  # 3 and 3.0 -> "3", as training's model_frame does
+                if accepted is None or value in accepted:
+                    continue
+            else:
+                raise RequestError(422, f"{where}categorical feature '{name}' must be a string (or null for "
+                                        f"missing), got {_json_type(value)}")
+            unseen = [*(unseen or []), self._unseen(name, value, where)]
+        return unseen
 
-    @staticmethod
-    def _numeric_problem(name: str, value: Any) -> str:
+    def _unseen(self, name: str, value: str, where: str) -> str:
+        """`name` when its value is allowed but unknown to the model and `mark` is on; else the 422."""
+        allowed = self.allowed.get(name)
+        if allowed is not None and value not in allowed:
+            raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is not in the data "
+                                    f"contract's allowed list (contract.columns.{name}.allowed)")
+        if not self.mark_unseen:
+            known = sorted(next(a for c, a in self.categories if c == name) or ())
+            raise RequestError(422, f"{where}categorical feature '{name}' = {value[:60]!r} is a category the "
+                                    f"model never saw (known: {known[:10]}); CT_UNSEEN_CATEGORY=mark accepts "
+                                    "and marks such requests")
+        return name
+
+    def _numeric_problem(self, name: str, value: Any) -> str:
         kind = _json_type(value)
+        low, high = self.ranges.get(name, (None, None))
+        if kind == "number" and math.isfinite(value) and abs(value) <= _F32_MAX and (low is not None or
+                                                                                     high is not None):
+            shown = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+            return (f"numeric feature '{name}' = {value!r} is outside the data contract's range {shown} "
+                    f"(contract.columns.{name})")
         if value is None:
             return (f"numeric feature '{name}' is null: missing numeric values are not accepted, "
                     "send a number")
@@ -209,8 +264,10 @@ class Scorer:
                                   dtype=object)
         return feed
 
-    def predict(self, records: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-        """(timestamp, one response object per validated record)."""
+    def predict(self, records: list[dict[str, Any]], unseen: list[list[str] | None] | None = None
+                ) -> tuple[float, list[dict[str, Any]]]:
+        """(timestamp, one response object per validated record; `unseen` (per record, from check_record):
+        the features whose category the model never saw, reported in the response as `unseen`)."""
         proba = self.model.predict_proba_feed(self.feed(records)).tolist()
         timestamp = time.time()
         classes, version = self.classes, self.model_version
@@ -222,6 +279,10 @@ class Scorer:
                 label = classes[max(range(len(row)), key=row.__getitem__)]
             out.append({"prediction_id": uuid.uuid4().hex, "model_version": version, "label": label,
                         "probabilities": dict(zip(classes, row, strict=True))})
+        if unseen is not None:
+            for result, names in zip(out, unseen, strict=True):
+                if names:
+                    result["unseen"] = names
         return timestamp, out
 
     def warm_up(self, rounds: int = 5) -> None:
@@ -250,8 +311,9 @@ class Scorer:
                 raise ValueError
             prediction_id = uuid.UUID(raw_id).hex
         except ValueError:
+            shown = repr(raw_id[:60]) if type(raw_id) is str else _json_type(raw_id)
             raise RequestError(422, f"{where}prediction_id must be the id a prediction returned "
-                                    f"(32 hex digits), got {str(raw_id)[:60]!r}") from None
+                                    f"(32 hex digits), got {shown}") from None
         raw_label = item["label"]
         if type(raw_label) not in (str, int, float, bool):
             raise RequestError(422, f"{where}label must be a string or number, got {_json_type(raw_label)}")

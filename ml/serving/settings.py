@@ -11,8 +11,9 @@ import argparse
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from ml.errors import CTError
 
@@ -49,6 +50,13 @@ class Settings:
     timeout_keep_alive_s: int = 5
     limit_concurrency: int = 1000
     max_incomplete_event_bytes: int = 16_384
+    #: a categorical value the model never saw: `refuse` (422 naming column and value) or `mark` (accepted,
+    #: marked `unseen` in the prediction log and the response)
+    unseen_category: Literal["refuse", "mark"] = "refuse"
+    #: bearer token /predict, /predict/batch and /feedback require (None: no authentication)
+    api_token: str | None = field(default=None, repr=False)
+    #: the file the token was read from (passed to worker processes instead of the token)
+    api_token_file: Path | None = None
 
     @property
     def alias_uri(self) -> str | None:
@@ -93,6 +101,8 @@ class Settings:
             "follow_s": self.follow_s or None, "follow_uri": self.follow_uri,
             "timeout_keep_alive_s": self.timeout_keep_alive_s, "limit_concurrency": self.limit_concurrency,
             "max_incomplete_event_bytes": self.max_incomplete_event_bytes,
+            "unseen_category": self.unseen_category, "api_token_file": self.api_token_file,
+            "api_token": None if self.api_token_file else self.api_token,
         }
         return {_FIELDS[k][0]: str(v) for k, v in values.items() if v is not None}
 
@@ -132,6 +142,13 @@ _FIELDS: dict[str, tuple[str, str | None, str]] = {
                           "most connections and requests in flight per worker; beyond it: 503 (default 1000)"),
     "max_incomplete_event_bytes": ("CT_MAX_INCOMPLETE_EVENT_BYTES", None,
                                    "largest request line + headers the h11 parser buffers (default 16384)"),
+    "unseen_category": ("CT_UNSEEN_CATEGORY", "--unseen-category",
+                        "a categorical value the model never saw: refuse (422, default) or mark (accepted, marked "
+                        "`unseen` in the prediction log)"),
+    "api_token": ("CT_API_TOKEN", None,
+                  "bearer token /predict, /predict/batch and /feedback require (default: none, no authentication)"),
+    "api_token_file": ("CT_API_TOKEN_FILE", "--api-token-file",
+                       "file holding the bearer token (a mounted secret); wins over CT_API_TOKEN"),
 }
 
 
@@ -207,7 +224,29 @@ def _build(raw: dict[str, object]) -> Settings:
         **{k: v if v is not None else getattr(defaults, k) for k, v in ints.items()},
         **optional_path,
     )
+    unseen = (_text(raw, "unseen_category") or "refuse").lower()
+    if unseen not in ("refuse", "mark"):
+        raise SettingsError(f"CT_UNSEEN_CATEGORY={unseen!r}: expected refuse or mark")
+    token_file, token = _token(raw)
+    settings = replace(settings, unseen_category=unseen, api_token=token, api_token_file=token_file)  # type: ignore[arg-type]
     if settings.follow_s and settings.alias_uri is None:
         raise SettingsError(f"CT_MODEL_FOLLOW_S={settings.follow_s} needs an alias to follow: set "
                             f"CT_MODEL_URI=models:/<name>@<alias> (got {uri!r})")
     return settings
+
+
+def _token(raw: dict[str, object]) -> tuple[Path | None, str | None]:
+    """(file, token) of CT_API_TOKEN_FILE / CT_API_TOKEN: the file wins; an empty token is refused."""
+    file = Path(text) if (text := _text(raw, "api_token_file")) else None
+    if file is None:
+        value = raw.get("api_token")
+        if value is not None and not str(value).strip():
+            raise SettingsError("CT_API_TOKEN is set but empty: unset it (no authentication) or set a token")
+        return None, _text(raw, "api_token")
+    try:
+        token = file.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"CT_API_TOKEN_FILE={file}: cannot read it: {exc.strerror or exc}") from None
+    if not token:
+        raise SettingsError(f"CT_API_TOKEN_FILE={file} is empty: write the token into it")
+    return file, token

@@ -39,24 +39,29 @@ class StepRun:
     def config(self) -> ModelConfig:
         return self.ctx.config
 
+    def read(self, path: str) -> pd.DataFrame:
+        """A window as every step sees it: the model's columns, without the rows that break the contract
+        (ml.contract.screen_window, as validate counted them)."""
+        from ml.contract import screen_window
+        from ml.data import read_window
+
+        window = read_window(path, self.config.target, limits=self.config.data.limits)
+        return screen_window(self.config, window)[0].frame
+
     @cached_property
     def reference(self) -> pd.DataFrame:
         """The reference window (data.reference, or its override)."""
-        from ml.data import read_window
-
-        return read_window(self.config.reference_path, self.config.target).frame
+        return self.read(self.config.reference_path)
 
     @cached_property
     def current(self) -> pd.DataFrame | None:
         """The attempt's current window. A live prediction log is read from the snapshot validate froze into
         the run, so every step of the attempt sees the rows the contract checked."""
-        from ml.data import read_window
-
         validation = self.state.validation
         if validation is not None and validation.current_snapshot:
-            return read_window(str(self.ctx.artifact(validation.current_snapshot)), self.config.target).frame
+            return self.read(str(self.ctx.artifact(validation.current_snapshot)))
         path = self.config.current_path
-        return read_window(path, self.config.target).frame if path else None
+        return self.read(path) if path else None
 
     @property
     def windows(self) -> Windows:

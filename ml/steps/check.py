@@ -16,7 +16,9 @@ from ml.steps import SNAPSHOT, snapshot_current
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow.entities.model_registry import ModelVersion
 
+    from ml.data import Window
     from ml.decision import Decision, PerformanceResult, PolicyInputs
     from ml.drift import DriftResult
     from ml.drift.profile import ReferenceProfile
@@ -27,14 +29,11 @@ log = logging.getLogger(__name__)
 
 def validate(run: StepRun, *, dag_id: str | None = None, dag_run_id: str | None = None,
              as_of: str | None = None) -> Validation:
-    """Read both windows, check the data contract, and pin the champion this attempt compares with. A
-    prediction-log current window ends at `as_of` (the DAG run's time; default now) and reaches back as far
-    as `data.current_window` says."""
-    from datetime import UTC, datetime
-
+    """Read both windows, drop the rows that break the contract (blocking above
+    contract.max_invalid_fraction), check the data contract, and pin the champion this attempt compares
+    with. A prediction-log current window ends at `as_of` (the DAG run's time; default now) and reaches back
+    as far as `data.current_window` says."""
     from ml.contract import check_contract
-    from ml.data import read_window
-    from ml.predlog import is_prediction_log, window_since
     from ml.registry import CHAMPION, ensure_registered_model, version_by_alias
 
     config = run.config
@@ -44,25 +43,44 @@ def validate(run: StepRun, *, dag_id: str | None = None, dag_run_id: str | None 
                       reference_path=config.reference_path, current_path=config.current_path,
                       champion_version=str(champion.version) if champion is not None else None)
     try:
-        reference = read_window(config.reference_path, config.target)
-        base = dataclasses.replace(base, reference_sha256=reference.sha256)
-        until = datetime.fromisoformat(as_of) if as_of else datetime.now(UTC)
-        since = window_since(config.data.current_window, as_of=until,
-                             champion_promoted_at=(champion.tags or {}).get("ct.champion.at") if champion else None)
-        current = read_window(config.current_path, config.target, since=since, until=until) \
-            if config.current_path else None
-        if current is not None:
-            base = dataclasses.replace(base, current_sha256=current.sha256)
-            if is_prediction_log(current.path):
-                snapshot, sha = snapshot_current(run.ctx, current.frame)
-                base = dataclasses.replace(base, current_snapshot=snapshot, current_sha256=sha)
+        base, reference, current = _read_windows(run, base, champion, as_of)
     except DataError as exc:
         return dataclasses.replace(base, problems=[str(exc)],
                                    rows={"reference": None, "current": None, "current_labelled": None})
     contract = check_contract(config, reference, current)
-    return dataclasses.replace(base, passed=contract.passed, problems=contract.problems, warnings=contract.warnings,
+    limit = config.contract.max_invalid_fraction
+    dropped = [p for name, q in base.quarantine.items() if (p := q.problem(name, limit))]
+    problems = [*dropped, *contract.problems]
+    return dataclasses.replace(base, passed=not problems, problems=problems, warnings=contract.warnings,
                                rows={"reference": contract.reference_rows, "current": contract.current_rows,
                                      "current_labelled": contract.current_labelled_rows})
+
+
+def _read_windows(run: StepRun, base: Validation, champion: ModelVersion | None, as_of: str | None
+                  ) -> tuple[Validation, Window, Window | None]:
+    """(validation so far, reference, current), each screened (ml.contract.screen_window); a live prediction
+    log is frozen into the run as its screened snapshot."""
+    from datetime import UTC, datetime
+
+    from ml.contract import screen_window
+    from ml.data import read_window
+    from ml.predlog import is_prediction_log, window_since
+
+    config, limits = run.config, run.config.data.limits
+    reference, ref_q = screen_window(config, read_window(config.reference_path, config.target, limits=limits))
+    base = dataclasses.replace(base, reference_sha256=reference.sha256, quarantine={"reference": ref_q})
+    if not config.current_path:
+        return base, reference, None
+    until = datetime.fromisoformat(as_of) if as_of else datetime.now(UTC)
+    since = window_since(config.data.current_window, as_of=until,
+                         champion_promoted_at=(champion.tags or {}).get("ct.champion.at") if champion else None)
+    current, cur_q = screen_window(config, read_window(config.current_path, config.target, since=since,
+                                                       until=until, limits=limits))
+    base = dataclasses.replace(base, current_sha256=current.sha256, quarantine={"reference": ref_q, "current": cur_q})
+    if is_prediction_log(current.path):
+        snapshot, sha = snapshot_current(run.ctx, current.frame)
+        base = dataclasses.replace(base, current_snapshot=snapshot, current_sha256=sha)
+    return base, reference, current
 
 
 def drift(run: StepRun) -> DriftResult:

@@ -33,7 +33,6 @@ def deploy(run: StepRun, *, version: str | None = None) -> DeployResult:
     """Roll out the version this attempt registered (or `version`, for `deploy --version` and rollback),
     smoke-tested on holdout rows (reference rows when the attempt trained nothing). With
     `promotion.approval: required` the attempt's version is rolled out only once it was approved."""
-    from ml.data import read_window
     from ml.deploy.rollout import rollout
     from ml.deploy.smoke import smoke_records
 
@@ -48,7 +47,7 @@ def deploy(run: StepRun, *, version: str | None = None) -> DeployResult:
     if run.state.get(Step.TRAIN, TrainResult) is not None:
         rows = Holdout.read(run.ctx.artifact(HOLDOUT_ARTIFACT)).frame
     else:
-        rows = read_window(config.reference_path).frame
+        rows = run.reference
     return rollout(config, str(version), smoke_records(rows, config, config.deploy.smoke_rows))
 
 

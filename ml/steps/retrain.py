@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def train(run: StepRun) -> TrainResult:
     """Fit the challenger, export it to ONNX and log it (and its holdout) to the run."""
     from ml.challenger import fit_best_challenger
+    from ml.data import model_frame
     from ml.export import OnnxModel, to_onnx
     from ml.registry import version_for_run
     from ml.tracking import download_model
@@ -46,7 +47,8 @@ def train(run: StepRun) -> TrainResult:
     challenger = fit_best_challenger(config, run.windows.reference, current, windows)
     if current is not None and not validation.current_snapshot:
         snapshot_current(ctx, current)  # the window drift.reference: champion compares with once this one serves
-    data = challenger.onnx or to_onnx(challenger.pipeline, config, challenger.data.classes)
+    data = challenger.onnx or to_onnx(challenger.pipeline, config, challenger.data.classes,
+                                      seen=model_frame(challenger.data.eval_frame, config))
     info = ctx.log_onnx_model(data, estimator=challenger.estimator, params=challenger.params,
                               train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
                               eval_source=challenger.data.eval_source, metrics=challenger.metrics,

@@ -49,7 +49,7 @@ def run(env: dict, current: str | None = None, logical_date: datetime | None = N
     params = {"reference_path": None, "current_path": None, "force_retrain": False, "training_backend": None,
               **conf}
     if current:
-        params["current_path"] = str(DATA / current)
+        params["current_path"] = current if "://" in current else str(DATA / current)
     when = logical_date or next(_DATES)
     # dag.test() derives the run id from run_after: the same date finds (and clears) the same DAG run.
     return finished(env, env["dag"].test(logical_date=when, run_after=when, run_conf=params))
@@ -229,7 +229,7 @@ def test_worse_challenger_is_rejected_champion_stays_and_the_run_is_green(env, t
 
 @pytest.mark.parametrize(("file", "problem"), [
     ("bad_missing_column.csv", "column 'salary' missing from current window"),
-    ("bad_wrong_type.csv", "column 'age' in current window must be numeric"),
+    ("bad_wrong_type.csv", "current window: 27 of 500 rows (5.4%) break the contract (column 'age' not numeric"),
     ("bad_all_nan.csv", "column 'satisfaction_score' in current window is entirely empty"),
     ("bad_empty.csv", "has 0 rows"),
 ])
@@ -244,6 +244,62 @@ def test_bad_data_fails_closed(env, file, problem):
     assert record["challenger_version"] is None
     assert registry() == (["1", "2", "3", "4"], "4")
     assert served_version(env) == "4"
+
+
+def _hostile_window(kind: str, folder: Path) -> str:
+    import pandas as pd
+
+    rows = pd.read_csv(DATA / "current_no_drift.csv")
+    path = folder / f"{kind}.csv"
+    if kind == "url":
+        return "http://127.0.0.1:9/secret.csv"
+    if kind == "duplicate_columns":
+        text = rows.to_csv(index=False)
+        path.write_text(text.replace("salary", "age", 1))
+    elif kind == "truncated":
+        path.write_text(rows.to_csv(index=False)[:-12])
+    elif kind == "parquet_named_csv":
+        rows.to_parquet(path, index=False)
+    else:  # oversized: above the default data.max_rows
+        path.write_text(rows.head(1).to_csv(index=False) + rows.iloc[1:2].to_csv(index=False, header=False) * 2_000_001)
+    return str(path)
+
+
+@pytest.mark.parametrize(("kind", "problem"), [
+    ("url", "window path 'http://127.0.0.1:9/secret.csv': URLs (http://) are not read"),
+    ("duplicate_columns", "duplicate column names ['age'] in the header"),
+    ("truncated", "looks truncated: its last line has no line end"),
+    ("parquet_named_csv", "is a Parquet file (magic bytes PAR1) named .csv"),
+    ("oversized", "above data.max_rows 2,000,000"),
+])
+def test_hostile_windows_fail_closed_naming_the_problem(env, tmp_path, kind, problem):
+    before = registry()
+    record = run(env, _hostile_window(kind, tmp_path), force_retrain=True)
+    assert record["_state"] == "failed"
+    assert record["status"] == "blocked" and record["decision"] == "blocked"
+    assert any(problem in p for p in record["contract"]["problems"]), record["contract"]
+    assert record["_tasks"]["retrain.train_local"] == "upstream_failed"
+    assert record["challenger_version"] is None
+    assert registry() == before  # nothing registered, champion unchanged
+    assert served_version(env) == before[1]
+
+
+def test_a_poisoned_row_among_good_ones_does_not_block_the_window(env, tmp_path):
+    import pandas as pd
+
+    rows = pd.read_csv(DATA / "current_no_drift.csv")
+    rows["age"] = rows["age"].astype(object)
+    rows.loc[10, "age"] = 200
+    rows.loc[11, "satisfaction_score"] = "very"
+    path = tmp_path / "poisoned.csv"
+    rows.to_csv(path, index=False)
+    record = run(env, str(path))
+    assert record["_tasks"]["check.validate_data"] == "success", record["errors"]
+    assert record["decision"] != "blocked"
+    quarantine = record["contract"]["quarantine"]["current"]
+    assert quarantine["dropped"] == 2 and quarantine["rows"] == 2000
+    assert set(quarantine["reasons"]) == {"column 'age' outside [16.0, 80.0]",
+                                          "column 'satisfaction_score' not numeric"}
 
 
 def test_rollback_is_one_action(env):

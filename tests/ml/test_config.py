@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from ml.config import load_config, parse_config
-from ml.errors import ConfigError
+from ml.data import read_window
+from ml.errors import ConfigError, DataError
 from tests.conftest import DATA, DEMO_CONFIG
 
 MINIMAL = {"name": "m", "target": "y", "positive_class": 1, "features": {"numeric": ["a"]},
@@ -64,6 +65,12 @@ def test_file_errors(tmp_path):
         load_config(bad)
 
 
+def _write(folder: Path, raw: dict) -> Path:
+    path = folder / "written.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def test_with_data_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(MINIMAL))
@@ -71,7 +78,20 @@ def test_with_data_overrides_resolve_against_the_working_directory(tmp_path, mon
     config = load_config(path).with_data(current="new.csv")
     assert config.current_path == str(tmp_path / "new.csv")
     assert config.reference_path == str(tmp_path / "r.csv")
-    assert config.with_data(reference="s3://bucket/ref.parquet").reference_path == "s3://bucket/ref.parquet"
+    url = config.with_data(reference="s3://bucket/ref.parquet")  # a DAG param a UI user sets: local paths only
+    with pytest.raises(DataError, match=r"window path 's3://bucket/ref.parquet': URLs \(s3://\) are not read"):
+        read_window(url.reference_path, limits=url.data.limits)
+    allowed = load_config(_write(tmp_path, MINIMAL | {"data": MINIMAL["data"] | {"allowed_schemes": ["s3"]}}))
+    assert allowed.with_data(reference="s3://bucket/ref.parquet").reference_path == "s3://bucket/ref.parquet"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/secret.csv", "s3://bucket/x.csv", "gs://b/x.parquet",
+                                 "HTTPS://h/x.csv"])
+def test_urls_in_the_config_are_refused_unless_their_scheme_is_allowed(tmp_path, url):
+    with pytest.raises(ConfigError, match=r"data.current .*URLs .* are not read.*data.allowed_schemes"):
+        load_config(_write(tmp_path, MINIMAL | {"data": MINIMAL["data"] | {"current": url}}))
+    with pytest.raises(ConfigError, match="allowed_schemes: .*expected lower-case URL schemes"):
+        load_config(_write(tmp_path, MINIMAL | {"data": MINIMAL["data"] | {"allowed_schemes": ["s3://"]}}))
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -39,7 +39,7 @@ def log_dir(tmp_path):
     predict(writer, "c" * 32, "2025-06-02", 52)
     predict(writer, "d" * 32, "2025-06-03", 63)
     writer.log_feedback("a" * 32, ts("2025-06-02", 1), "0")
-    writer.log_feedback("a" * 32, ts("2025-06-05", 1), "1")  # later: wins
+    writer.log_feedback("a" * 32, ts("2025-06-05", 1), "1")  # later: ignored (the first label counts)
     writer.log_feedback("c" * 32, ts("2025-06-04"), "0")
     writer.log_feedback("f" * 32, ts("2025-06-04"), "1")  # no such prediction: ignored
     writer.close()
@@ -61,7 +61,7 @@ def test_layout_and_line_format(log_dir):
     assert is_prediction_log(log_dir) and not is_prediction_log(log_dir / PREDICTIONS)
 
 
-def test_read_joins_latest_feedback(log_dir):
+def test_read_joins_first_feedback(log_dir):
     frame = read_prediction_log(log_dir, label_column="attrition")
     assert list(frame.columns) == ["age", "department", "prediction_id", "timestamp", "model_version",
                                    "prediction", "attrition"]
@@ -71,7 +71,8 @@ def test_read_joins_latest_feedback(log_dir):
     assert frame["prediction"].tolist() == ["1", "0", "1", "1"]
     assert frame["timestamp"].iloc[0] == pd.Timestamp("2025-06-01T12:00:00", tz="UTC")
     labels = frame.set_index("prediction_id")["attrition"]
-    assert labels["a" * 32] == "1" and labels["c" * 32] == "0"
+    assert labels["a" * 32] == "0" and labels["c" * 32] == "0"  # a's second label never overwrites the first
+    assert frame.attrs["feedback_ignored"] == 1
     assert pd.isna(labels["b" * 32]) and pd.isna(labels["d" * 32])
     assert "attrition" not in read_prediction_log(log_dir).columns
 

@@ -33,7 +33,8 @@ CASES = [
     ("/predict", {"age": "NaN"}, 422),
     ("/predict", {"promotion_flag": False}, 422),
     ("/predict", {"department": None}, 200),
-    ("/predict", {"department": 2.0}, 200),
+    ("/predict", {"department": 2.0}, 422),  # canonicalised to "2": a category the model never saw
+    ("/predict", {"department": "Sales"}, 200),
     ("/predict", {"department": ["x"]}, 422),
     ("/predict", "missing", 422),
     ("/predict", b"{nope", 400),

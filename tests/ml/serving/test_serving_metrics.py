@@ -32,6 +32,7 @@ EXPECTED = {
     "ct_predictions_total": ("counter", {"class"}, "Predictions served, by predicted class."),
     "ct_model_info": ("gauge", {"name", "version", "sha256"}, "The model being served (value is always 1)."),
     "ct_feedback_total": ("counter", set(), "Feedback labels accepted."),
+    "ct_feedback_conflicts_total": ("counter", set(), "Feedback labels refused (409): the prediction already had one."),
     "ct_prediction_log_written_total": ("counter", set(), "Prediction-log lines written (predictions and feedback)."),
     "ct_prediction_log_dropped_total": ("counter", set(),
                                         "Prediction-log records dropped (queue full or write error)."),

@@ -65,11 +65,18 @@ def test_batch(client, make_records):
     assert len({p["prediction_id"] for p in body["predictions"]}) == 30
 
 
-def test_categorical_null_unknown_and_numbers(client, trained, make_records):
-    """null -> MISSING_CATEGORY and an unseen category behave exactly like the sklearn pipeline."""
+def test_categorical_null_unknown_and_numbers(client, trained, make_records, start_server):
+    """null -> MISSING_CATEGORY behaves exactly like the sklearn pipeline; an unseen category (a number is
+    canonicalised first) is refused by default and, with CT_UNSEEN_CATEGORY=mark, scored like the pipeline."""
     base = make_records(1)[0]
+    marking = start_server({"CT_MODEL_URI": str(trained.path), "CT_UNSEEN_CATEGORY": "mark"}).client()
     for value, as_model_sees in ((None, MISSING_CATEGORY), ("Astronauts", "Astronauts"), (3, "3")):
         response = client.post("/predict", json=base | {"department": value})
+        if value is not None:
+            assert response.status_code == 422, response.text
+            assert f"'department' = '{as_model_sees}' is a category the model never saw" in response.json()["detail"]
+            response = marking.post("/predict", json=base | {"department": value})
+            assert response.json()["unseen"] == ["department"]
         assert response.status_code == 200, response.text
         frame = _frame([base | {"department": as_model_sees}])
         want = trained.pipeline.predict_proba(model_frame(frame, trained.config))[0]
@@ -164,9 +171,12 @@ def test_transport_level_errors(client, record):
 
 def test_feedback_validation(client):
     pid = "0123456789abcdef0123456789abcdef"
+    other = "fedcba9876543210fedcba9876543210"
     assert client.post("/feedback", json={"prediction_id": pid, "label": 1}).status_code == 202
-    assert client.post("/feedback", json={"items": [{"prediction_id": pid, "label": "0"}]}).json() == {
+    assert client.post("/feedback", json={"items": [{"prediction_id": other, "label": "0"}]}).json() == {
         "accepted": 1}
+    again = client.post("/feedback", json={"items": [{"prediction_id": pid, "label": "0"}]})
+    assert again.status_code == 409 and pid in again.json()["detail"]
     for bad in ({"prediction_id": pid}, {"prediction_id": "nope", "label": 1}, {"prediction_id": pid, "label": 5},
                 {"prediction_id": pid, "label": 1, "x": 2}, {"items": []}, {"items": "x"},
                 {"prediction_id": 12, "label": 1}, {"prediction_id": pid, "label": [1]}, [1, 2]):
@@ -256,11 +266,11 @@ def test_sigterm_loses_no_prediction_and_feedback_joins(trained, start_server, t
     batch = client.post("/predict/batch", json={"records": records[200:]}).json()
     ids += [p["prediction_id"] for p in batch["predictions"]]
     labels = {ids[0]: "1", ids[1]: "0", ids[2]: "1"}
-    client.post("/feedback", json={"prediction_id": ids[0], "label": 0})  # superseded below
     assert client.post("/feedback", json={"items": [{"prediction_id": k, "label": v}
                                                     for k, v in labels.items()]}).status_code == 202
+    assert client.post("/feedback", json={"prediction_id": ids[0], "label": 0}).status_code == 409  # never stored
     assert server.stop(signal.SIGTERM) == 0
-    assert "prediction log closed: 304 line(s) written, 0 dropped" in server.output
+    assert "prediction log closed: 303 line(s) written, 0 dropped" in server.output
 
     lines = [json.loads(line) for f in sorted((log_dir / "predictions").rglob("*.jsonl"))
              for line in f.read_text().splitlines()]
@@ -275,7 +285,7 @@ def test_sigterm_loses_no_prediction_and_feedback_joins(trained, start_server, t
         frame.columns)
     joined = frame.set_index("prediction_id")[TARGET]
     assert joined.notna().sum() == 3
-    assert {k: joined[k] for k in labels} == labels  # the later feedback for ids[0] won
+    assert {k: joined[k] for k in labels} == labels  # the 409 kept the first label of ids[0]
     sent = {r["age"] for r in records}
     assert set(frame["age"]) == sent
 
