@@ -166,16 +166,6 @@ def _features(batch: pa.RecordBatch, names: list[str]) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def _predictions(proba: np.ndarray, classes: list[str], threshold: float) -> np.ndarray:
-    """Predicted labels exactly as the server picks them (threshold on the second class for binary)."""
-    import numpy as np
-
-    labels = np.asarray(classes, dtype=object)
-    if len(classes) == 2:
-        return labels[(proba[:, 1] >= threshold).astype(np.int64)]
-    return labels[np.argmax(proba, axis=1)]
-
-
 @dataclass
 class _Sinks:
     """The output Parquet file and the prediction-log file of one run, both under temporary names."""
@@ -205,12 +195,13 @@ def _score_chunk(batch: pa.RecordBatch, loaded: LoadedModel, config: ModelConfig
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ml.export import predicted_labels
     from ml.predlog import prediction_record
 
     model = loaded.model
     classes = [str(c) for c in model.classes]
     proba = model.predict_proba_feed(feed_of(batch, model.numeric, model.categorical, from_text))
-    labels = _predictions(proba, classes, model.threshold)
+    labels = predicted_labels(proba, classes, model.threshold)
     ids = [uuid.uuid4().hex for _ in range(len(labels))]
     for label, n in zip(*np.unique(labels.astype(str), return_counts=True), strict=True):
         counts[str(label)] = counts.get(str(label), 0) + int(n)

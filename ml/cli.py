@@ -44,6 +44,17 @@ def step_argv(step: str, config_path: str, run_key: str, reference_path: str | N
     return args
 
 
+def batch_argv(config_path: str, run_key: str, input_path: str | None, output_path: str | None,
+               model_uri: str | None = None, expected_sha256: str | None = None) -> list[str]:
+    """The arguments of `python -m ml` that score a batch elsewhere (the batch DAG's Kubernetes pod)."""
+    args = ["batch", "--config", config_path, "--run-key", run_key]
+    for flag, value in (("--input", input_path), ("--output", output_path), ("--model-uri", model_uri),
+                        ("--expected-sha256", expected_sha256)):
+        if value:
+            args += [flag, value]
+    return args
+
+
 def _common(parser: argparse.ArgumentParser, run_key: bool = True) -> None:
     parser.add_argument("--config", required=True, help="model config YAML")
     parser.add_argument("--reference", help="reference window (overrides data.reference)")
