@@ -40,7 +40,7 @@ def monitoring_dag(model: Model) -> DAG:
                                         description="The served model's prediction log; empty = "
                                                     "monitoring.prediction_log (or the local target's).")},
     ) as dag:
-        trigger = TriggerDagRunOperator(
+        trigger_retrain = TriggerDagRunOperator(
             task_id="trigger_retrain", trigger_dag_id=model.retrain_dag_id,
             conf="{{ ti.xcom_pull(task_ids='check', key='retrain_conf') }}",
             doc_md=f"Starts `{model.retrain_dag_id}` on the prediction log (the monitor's evidence is in the "
@@ -48,9 +48,9 @@ def monitoring_dag(model: Model) -> DAG:
         healthy = EmptyOperator(task_id="healthy", doc_md="Error rate and outputs within bounds.")
         check = MonitorBranchOperator(task_id="check", config_path=str(model.path),
                                       prediction_log="{{ params.prediction_log }}",
-                                      trigger_task_id=trigger.task_id, healthy_task_id=healthy.task_id,
+                                      trigger_task_id=trigger_retrain.task_id, healthy_task_id=healthy.task_id,
                                       doc_md="Error rate (feedback) and output drift of the champion's traffic.")
-        check >> [trigger, healthy]
+        check >> [trigger_retrain, healthy]
     return dag
 
 

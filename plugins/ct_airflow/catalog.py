@@ -111,7 +111,8 @@ def batch_schedule(config: ModelConfig) -> Any:
 
         raise ConfigError("batch.schedule: with batch.on_promotion give a cron expression (e.g. '0 6 * * *'), "
                           "not a preset")
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=AssetAny(model_asset(config)))
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
+                               assets=AssetAny(model_asset(config)))
 
 
 def monitor_schedule(config: ModelConfig) -> str | None:

@@ -89,7 +89,8 @@ def test_two_configs_make_two_models_and_a_broken_third_is_an_import_error_namin
     (folder / "bad-cron.yaml").write_text(yaml.safe_dump({**yaml.safe_load(DEMO_CONFIG.read_text()),
                                                           "name": "delta", "schedule": "every day"}))
     dags = bag(folder, monkeypatch)
-    assert set(dags.dag_ids) == {f"{m}.{kind}" for m in ("alpha", "beta") for kind in ("retrain", "rollback", "monitor")}
+    kinds = ("retrain", "rollback", "monitor")
+    assert set(dags.dag_ids) == {f"{m}.{kind}" for m in ("alpha", "beta") for kind in kinds}
     (where, error), = dags.import_errors.items()
     assert where.endswith("model_configs.py")
     assert f"{folder / 'broken.yaml'}" in error and "gates.max_regresion: unknown key" in error
@@ -114,7 +115,8 @@ def test_a_model_name_used_twice_keeps_the_first_file(tmp_path, airflow_db, monk
 
 
 def test_parse_is_fast_and_imports_nothing_heavy(tmp_path):
-    """Ten models (thirty DAGs: retrain, rollback, monitor) parse in a fresh interpreter with no MLflow, network or Airflow connections."""
+    """Ten models (thirty DAGs: retrain, rollback, monitor) parse in a fresh interpreter with no MLflow, network
+    or Airflow connections."""
     folder = model_folder(tmp_path, **{f"m{i}": {"name": f"model-{i}"} for i in range(10)})
     code = f"""
 import json, sys, time
