@@ -64,7 +64,7 @@ def judge_error_rate(predicted: list[str], actual: list[str], baseline_errors: i
     if labelled < min_labelled:
         return ErrorRate(labelled, errors, rate, baseline, factor, threshold, None,
                          f"{labelled} labelled prediction(s) < monitoring.min_labelled {min_labelled}")
-    breached = rate >= threshold  # type: ignore[operator]
+    breached = rate >= threshold * (1 - 1e-9)  # type: ignore[operator]  # "reaches": 0.3 reaches 1.5 x 0.2
     detail = (f"error rate {rate:.3f} on {labelled} labelled predictions "
               f"{'>=' if breached else '<'} {factor:g} x holdout baseline {baseline:.3f} (= {threshold:.3f})")
     return ErrorRate(labelled, errors, rate, baseline, factor, threshold, breached, detail)
