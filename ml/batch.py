@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = "batch"
 _CSV_BLOCK_BYTES_PER_ROW = 96
+#: rows turned into Python objects at once for the prediction log (a chunk's worth would be ~100 MB of them)
+_LOG_SLICE_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ def iter_chunks(path: str, numeric: list[str], categorical: list[str], extra: li
         return
     dataset = ds.dataset(source, format="parquet")
     _check_columns(source, dataset.schema.names, columns)
-    yield from dataset.to_batches(columns=columns, batch_size=chunk_rows)
+    # readahead bounded to one batch: the default (16 batches, 4 files) buys IO overlap with memory that
+    # grows with the row groups of a large input
+    yield from dataset.to_batches(columns=columns, batch_size=chunk_rows, batch_readahead=1, fragment_readahead=1)
 
 
 def _check_columns(source: Path, present: list[str], wanted: list[str]) -> None:
@@ -220,12 +224,15 @@ def _score_chunk(batch: pa.RecordBatch, loaded: LoadedModel, config: ModelConfig
     sinks.writer.write_table(table)
     if sinks.log_file is not None:
         stamp = sinks.log_file.stamp
-        rows = proba.tolist()
-        sinks.log_file.write([
-            prediction_record(pid, stamp, loaded.version, features, label, dict(zip(classes, row, strict=True)),
-                              source=SOURCE)
-            for pid, features, label, row in zip(ids, _features(batch, model.features), labels.tolist(), rows,
-                                                 strict=True)])
+        for start in range(0, len(ids), _LOG_SLICE_ROWS):  # a slice of Python objects at a time, not a chunk
+            end = start + _LOG_SLICE_ROWS
+            sinks.log_file.write([
+                prediction_record(pid, stamp, loaded.version, features, label, dict(zip(classes, row, strict=True)),
+                                  source=SOURCE)
+                for pid, features, label, row in zip(ids[start:end], _features(batch.slice(start, end - start),
+                                                                                 model.features),
+                                                     labels[start:end].tolist(), proba[start:end].tolist(),
+                                                     strict=True)])
 
 
 def score_batch(config: ModelConfig, input_path: str | None = None, output_path: str | None = None, *,

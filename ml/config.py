@@ -390,6 +390,9 @@ class BatchConfig(_Strict):
     prediction_log: str | None = None
     #: where it runs: `local` (the Airflow worker) or `kubernetes` (a pod, settings of training.kubernetes)
     backend: Literal["local", "kubernetes"] = "local"
+    #: backend kubernetes: a PersistentVolumeClaim mounted in the pod at `mount_path` (input, output, log)
+    volume_claim: str | None = None
+    mount_path: str = "/data"
 
 
 class MonitoringConfig(_Strict):

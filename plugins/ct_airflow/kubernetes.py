@@ -70,6 +70,8 @@ class StepPod:
     active_deadline_s: int
     startup_timeout_s: int
     node_selector: dict[str, str] = field(default_factory=dict)
+    #: (PersistentVolumeClaim, mount path) of a data volume, e.g. batch.volume_claim / batch.mount_path
+    data_volume: tuple[str, str] | None = None
 
     @classmethod
     def for_step(cls, config: ModelConfig, step: str) -> StepPod:
@@ -98,7 +100,9 @@ class StepPod:
                        service_account=k8s.service_account, cpu=k8s.cpu, memory=k8s.memory,
                        env_secret=k8s.mlflow_secret, config_path=k8s.config_path or default_path,
                        automount_token=False, tmp_size="2Gi", active_deadline_s=k8s.timeout_s,
-                       startup_timeout_s=k8s.startup_timeout_s, node_selector=dict(k8s.node_selector))
+                       startup_timeout_s=k8s.startup_timeout_s, node_selector=dict(k8s.node_selector),
+                       data_volume=(config.batch.volume_claim, config.batch.mount_path)
+                       if config.batch.volume_claim else None)
         raise ValueError(f"no pod for step '{step}': steps run in pods are 'train', 'deploy' and 'batch'")
 
 
@@ -168,8 +172,11 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
             requests={"cpu": pod.cpu, "memory": pod.memory, "ephemeral-storage": "256Mi"},
             limits={"memory": pod.memory}),
         **_locked_down(),
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=pod.tmp_size))],
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=pod.tmp_size))]
+        + ([k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=pod.data_volume[0]))] if pod.data_volume else []),
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+        + ([k8s.V1VolumeMount(name="data", mount_path=pod.data_volume[1])] if pod.data_volume else []),
         node_selector=pod.node_selector or None,
         active_deadline_seconds=pod.active_deadline_s,
         startup_timeout_seconds=pod.startup_timeout_s,

@@ -34,8 +34,8 @@ def test_the_triggering_promotion_names_the_model() -> None:
 
 def test_batch_pod_validates_and_scores_the_promoted_version(kubeconfig, tmp_path) -> None:  # noqa: F811
     config = write_config(tmp_path / "c", training={"kubernetes": {"image": "registry.example.com/ct-ml:abc"}},
-                          batch={"input_path": "s3://bucket/rows.parquet", "output_path": "s3://bucket/out/",
-                                 "backend": "kubernetes"})
+                          batch={"input_path": "/data/in/rows.parquet", "output_path": "/data/out/",
+                                 "backend": "kubernetes", "volume_claim": "ct-batch-data"})
     op = KubernetesBatchOperator(task_id="score_kubernetes", config_path=str(config), input_path="",
                                  output_path="", run_key="asset_triggered__2026-03-01")
     champion = Asset(name=f"{MODEL}.champion", uri=f"models:/{MODEL}@champion")
@@ -45,12 +45,14 @@ def test_batch_pod_validates_and_scores_the_promoted_version(kubeconfig, tmp_pat
     (container,) = pod["spec"]["containers"]
     assert container["command"] == ["/bin/sh", "-c", CONFIG_GUARD, "ct"]
     assert container["args"] == ["batch", "--config", f"/app/configs/{config.name}", "--run-key",
-                                 "asset_triggered__2026-03-01", "--output", "s3://bucket/out/", "--model-uri",
+                                 "asset_triggered__2026-03-01", "--output", "/data/out/", "--model-uri",
                                  f"models:/{MODEL}/7", "--expected-sha256", "d" * 64]
     assert container["image"] == "registry.example.com/ct-ml:abc"
     assert pod["spec"]["automountServiceAccountToken"] is False  # scoring needs no Kubernetes API
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "batch-scorer"
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "ct-batch-data"}} in pod["spec"]["volumes"]
 
 
 def test_batch_pod_needs_an_output_the_pod_can_write(kubeconfig, tmp_path) -> None:  # noqa: F811
