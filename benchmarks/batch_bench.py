@@ -11,7 +11,9 @@ Then each size is scored in a FRESH process (`python -m ml batch --model-uri <fi
 whose peak RSS (getrusage ru_maxrss of the child) and wall time are reported: a process per size, so the
 peak of one size cannot hide in another's. With logging on (the default), every row also goes to the
 prediction log (`source: batch`), as in production. Bounded memory means peak RSS roughly independent of
-the input size: compare the rows.
+the input size: compare the rows. The input is written in row groups of 100,000 rows: pyarrow decodes a
+whole Parquet row group at a time, so the peak depends on `chunk_rows` and on the input's row-group size,
+not on its number of rows (README "Monitoring and batch scoring" has the numbers).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_input(path: Path, rows: int, chunk: int = 200_000) -> None:
+def write_input(path: Path, rows: int, chunk: int = 100_000) -> None:
     """`rows` rows of the attrition 'no_drift' scenario as one Parquet file, written chunk by chunk."""
     import pyarrow as pa
     import pyarrow.parquet as pq
