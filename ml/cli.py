@@ -46,6 +46,17 @@ def step_argv(step: str, config_path: str, run_key: str, reference_path: str | N
     return args
 
 
+def batch_argv(config_path: str, run_key: str, input_path: str | None, output_path: str | None,
+               model_uri: str | None = None, expected_sha256: str | None = None) -> list[str]:
+    """The arguments of `python -m ml` that score a batch elsewhere (the batch DAG's Kubernetes pod)."""
+    args = ["batch", "--config", config_path, "--run-key", run_key]
+    for flag, value in (("--input", input_path), ("--output", output_path), ("--model-uri", model_uri),
+                        ("--expected-sha256", expected_sha256)):
+        if value:
+            args += [flag, value]
+    return args
+
+
 def _common(parser: argparse.ArgumentParser, run_key: bool = True) -> None:
     parser.add_argument("--config", required=True, help="model config YAML")
     parser.add_argument("--reference", help="reference window (overrides data.reference)")
@@ -79,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="the registered version to return to (default: the one champion replaced)")
     p = sub.add_parser("status", help="champion, challenger, alias log and what the local target serves")
     _common(p, run_key=False)
+    p = sub.add_parser("batch", help="score a Parquet/CSV dataset with the champion (chunked, bounded memory)")
+    _common(p)
+    p.add_argument("--input", help="the rows to score (default batch.input_path)")
+    p.add_argument("--output", help="a .parquet file or a folder (default batch.output_path)")
+    p.add_argument("--model-uri", help="score with this model instead (models:/<name>/<version>, or a file)")
+    p.add_argument("--expected-sha256", help="the model file's sha256 (a file --model-uri is refused without "
+                                             "a match)")
+    p.add_argument("--no-log", action="store_true", help="do not append the predictions to the prediction log")
+    p = sub.add_parser("monitor", help="error rate (feedback) and output drift of the served model; "
+                                       "exit 1 when retraining is due")
+    _common(p, run_key=False)
+    p.add_argument("--prediction-log", help="the served model's prediction log (default monitoring.prediction_log)")
     sub.add_parser("serve", help="run the ONNX server (same flags as `python -m ml.serving --help`)",
                    add_help=False)
     return parser
@@ -222,6 +245,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "rollback":
         _emit(_rollback(config, args.reason, args.version))
+        return 0
+    if args.command == "batch":
+        from ml.batch import score_batch
+
+        result = score_batch(config, args.input, args.output, run_key=args.run_key, model_uri=args.model_uri,
+                             expected_sha256=args.expected_sha256, log_predictions=False if args.no_log else None)
+        _emit(result.to_dict())
+        _copy_out(args.out, "batch", result.to_dict(), [])
+        return 0
+    if args.command == "monitor":
+        from ml.monitor import check_serving
+
+        report = check_serving(config, prediction_log=args.prediction_log)
+        _emit(report.to_dict())
+        _copy_out(args.out, "monitor", report.to_dict(), [])
         return 0
 
     from ml.pipeline import deploy_version, run_pipeline, run_step

@@ -227,6 +227,18 @@ class ColumnDrift(_Strict):
     threshold: float | None = Field(default=None, gt=0.0)
 
 
+class OutputDriftConfig(_Strict):
+    """The served model's output (score) distribution as a drift signal of its own (ml.drift.output): the
+    champion's scores on its holdout against its scores on the current window, KS (binary: the positive
+    class's probability) or chi-squared (multiclass: the predicted class) at `drift.fdr`, effect size at least
+    `drift.min_effect`."""
+
+    enabled: bool = True
+    #: whether a shifted output distribution alone may trigger a retrain (rule output_drift); off by default,
+    #: so the signal is reported (run record, monitor) without changing any retrain decision
+    triggers_retrain: bool = False
+
+
 class DriftConfig(_Strict):
     #: what the current window is compared with: `config` = data.reference (fixed); `champion` = the
     #: current window the champion was trained with (a sliding reference: "moved since the last retrain?"),
@@ -246,6 +258,7 @@ class DriftConfig(_Strict):
     threshold: float | None = Field(default=None, gt=0.0)
     drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
     columns: dict[str, ColumnDrift] = Field(default_factory=dict)
+    output: OutputDriftConfig = Field(default_factory=OutputDriftConfig)
 
 
 class PerformanceConfig(_Strict):
@@ -410,6 +423,59 @@ LIGHT_TASK_KINDS = ("decide", "branch", "register", "approve", "promote", "recor
 LIGHT_TASK_TIMEOUT_S = 600
 
 
+class BatchConfig(_Strict):
+    """Batch scoring with the champion (ml.batch; DAG `<name>.batch` when `input_path` is set)."""
+
+    #: the rows to score: a Parquet file, a folder of Parquet files, or a CSV file
+    input_path: str | None = None
+    #: where the predictions go (a folder; one Parquet file per scoring run); default $CT_HOME/batch/<name>
+    output_path: str | None = None
+    #: cron / preset of the batch DAG besides promotions; null = only when `champion` moves (on_promotion)
+    schedule: str | None = None
+    #: score again whenever the `<name>.champion` Asset gets an event (a promotion or a rollback)
+    on_promotion: bool = True
+    #: rows per chunk read, scored and written at a time: memory is bounded by this, not by the input
+    chunk_rows: int = Field(default=65_536, ge=1, le=10_000_000)
+    #: an input column copied into the output next to each prediction (e.g. the customer id)
+    id_column: str | None = None
+    #: log every prediction to the prediction log like online traffic (`source: batch`)
+    log_predictions: bool = True
+    #: the prediction log to append to; default: data.current when it is one, else the local target's log
+    prediction_log: str | None = None
+    #: where it runs: `local` (the Airflow worker) or `kubernetes` (a pod, settings of training.kubernetes)
+    backend: Literal["local", "kubernetes"] = "local"
+    #: backend kubernetes: a PersistentVolumeClaim mounted in the pod at `mount_path` (input, output, log)
+    volume_claim: str | None = None
+    mount_path: str = "/data"
+
+
+class MonitoringConfig(_Strict):
+    """The monitor of the served model (ml.monitor; DAG `<name>.monitor`): error rate from feedback labels and
+    the output distribution, read from the prediction log; a breach triggers `<name>.retrain`."""
+
+    #: cron / preset of the monitoring DAG; null = manual and API runs only
+    schedule: str | None = "@hourly"
+    #: the prediction log to read; default: data.current when it is one, else the local target's log
+    prediction_log: str | None = None
+    #: how far back the monitor looks ('<N>h' / '<N>d'); null = everything logged since the champion serves
+    window: str | None = "24h"
+    #: retrain when the error rate on labelled predictions reaches this many times the champion's holdout error
+    error_rate_factor: float = Field(default=1.5, gt=1.0)
+    #: labelled predictions needed before the error rate is judged
+    min_labelled: int = Field(default=50, ge=1)
+    #: also retrain when the output distribution moved (ml.drift.output on the logged traffic)
+    on_output_drift: bool = True
+    #: the triggered run trains a challenger even if its own checks see no change (the gates still apply)
+    force_retrain: bool = True
+
+    @field_validator("window")
+    @classmethod
+    def _window_span(cls, value: str | None) -> str | None:
+        if value is not None and not _WINDOW_RE.match(value):
+            raise ValueError(f"expected null, '<N>d' or '<N>h', got {value!r}")
+        return value
+
+
 class ModelConfig(_Strict):
     name: str
     task: Literal["binary", "multiclass"] = "binary"
@@ -428,6 +494,8 @@ class ModelConfig(_Strict):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     #: The model's DAG schedule: a cron expression or preset, a ScheduleSpec, or null (manual and API runs
     #: only). Not set: $CT_SCHEDULE, else @daily.
     schedule: str | ScheduleSpec | None = None

@@ -17,6 +17,8 @@ the reason names every trigger found):
  9. dataset drift without enough labels                    -> skip             (drift_without_labels)
 10. drift seen in fewer than k of the last n runs          -> skip             (debounced)
 11. otherwise                                              -> skip             (no_change)
+    ...unless drift.output.triggers_retrain (default false) and the champion's outputs moved (ml.drift.output),
+    with enough labelled rows and outside the cooldown: rules 8, 10, 11 become -> retrain (output_drift)
 """
 
 from __future__ import annotations
@@ -191,7 +193,26 @@ def decide(*, contract_passed: bool, contract_problems: list[str], drift: DriftR
         elif drift is not None and drift.dataset_drift is False:
             reason += f"; no dataset drift ({drift_text})"
         return verdict("retrain", "performance_decay", reason, triggers)
-    return _drift_rules(drift, drift_text, performance, policy, rules, min_labelled_rows, verdict)
+    decided = _drift_rules(drift, drift_text, performance, policy, rules, min_labelled_rows, verdict)
+    return _output_rule(decided, drift, config, policy, min_labelled_rows, verdict)
+
+
+def _output_rule(decided: Decision, drift: DriftResult | None, config: ModelConfig | None, policy: PolicyInputs,
+                 min_labelled_rows: int, verdict: Any) -> Decision:
+    """Rule 10b: with drift.output.triggers_retrain, a moved output distribution turns a skip for lack of a
+    drift/decay trigger into a retrain (labels and the cooldown apply as to data drift)."""
+    from ml.drift.output import describe
+
+    output = drift.output if drift is not None else None
+    if (decided.decision != "skip" or decided.rule not in ("no_change", "debounced", "estimated_decay")
+            or config is None or not config.drift.output.triggers_retrain or output is None or not output.drifted):
+        return decided
+    if policy.new_labelled_rows < max(min_labelled_rows, 1):
+        return decided
+    cooldown = config.policy.cooldown_s / 3600
+    if policy.hours_since_retrain is not None and policy.hours_since_retrain < cooldown:
+        return decided
+    return verdict("retrain", "output_drift", f"output drift: {describe(output)}", ["output_drift"])
 
 
 def _unanswered(performance: PerformanceResult | None, drift: DriftResult | None, drift_text: str) -> str:

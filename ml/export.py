@@ -224,3 +224,13 @@ class OnnxModel:
             self.predict_proba_feed(feeds[i % len(feeds)])
             timings.append((time.perf_counter() - start) * 1000)
         return [float(q) for q in np.quantile(timings, quantiles)]
+
+
+def predicted_labels(proba: np.ndarray, classes: list[str], threshold: float) -> np.ndarray:
+    """Labels exactly as the server picks them: the threshold on the second class for binary, else argmax."""
+    import numpy as np
+
+    labels = np.asarray(classes, dtype=object)
+    if len(classes) == 2:
+        return labels[(proba[:, 1] >= threshold).astype(np.int64)]
+    return labels[np.argmax(proba, axis=1)]

@@ -23,6 +23,9 @@ the log anyway, e.g. through another worker, is ignored and counted, never "the 
 A prediction whose categorical value the model never saw, accepted with ``CT_UNSEEN_CATEGORY=mark``,
 carries ``"unseen": ["department"]``; the reader counts those lines.
 
+Batch scoring (ml.batch) writes the same lines with ``"source": "batch"``, one file per scoring run
+(`BatchLogFile`), so drift and monitoring see batch traffic too; the reader keeps them.
+
 Traffic that is not users': a request with the header ``X-CT-Traffic: smoke`` (what every deploy's smoke
 test sends, ml.deploy.smoke) is logged with ``"traffic": "smoke"``; the reader leaves those lines out of
 the window unless asked. Any other value is logged as given; lines without the key are users' traffic.
@@ -55,6 +58,7 @@ from ml.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ml.config import ModelConfig
     from ml.data import ReadLimits
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,80 @@ def _file_stem() -> str:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+def prediction_record(prediction_id: str, stamp: str, model_version: str, features: dict[str, Any], label: str,
+                      probabilities: dict[str, float], *, traffic: str | None = None,
+                      source: str | None = None, unseen: list[str] | None = None) -> dict[str, Any]:
+    """One prediction line (the module docstring's format); `source` marks lines not from the server
+    (``batch``), `traffic` the X-CT-Traffic header of the request, `unseen` the features whose category the
+    model never saw (CT_UNSEEN_CATEGORY=mark)."""
+    record: dict[str, Any] = {"prediction_id": prediction_id, "timestamp": stamp, "model_version": model_version,
+                              "features": features, "output": {"label": label, "probabilities": probabilities}}
+    if traffic is not None:
+        record["traffic"] = traffic
+    if source is not None:
+        record["source"] = source
+    if unseen:
+        record["unseen"] = unseen
+    return record
+
+
+class BatchLogFile:
+    """The predictions of one batch-scoring run, as one file of the prediction log.
+
+    Lines go to `<root>/predictions/date=<day of timestamp>/batch-<run key>.jsonl.partial` (the reader skips
+    it) and `commit()` renames it into place, replacing what an earlier attempt of the same run wrote on any
+    day: a run that fails half-way logs nothing, and a re-run never logs its rows twice.
+    """
+
+    def __init__(self, root: str | Path, run_key: str, timestamp: float) -> None:
+        import msgspec
+
+        self.root = Path(root)
+        self.stamp = _iso(timestamp)
+        name = "batch-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key) + ".jsonl"
+        self.path = self.root / PREDICTIONS / f"date={self.stamp[:10]}" / name
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[bytes] = open(self.partial, "wb")  # noqa: SIM115
+        self._encode = msgspec.json.Encoder().encode
+        self.written = 0
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Append prediction records (`prediction_record(..., source="batch")`)."""
+        encode = self._encode
+        self._fh.write(b"".join(encode(r) + b"\n" for r in records))
+        self.written += len(records)
+
+    def commit(self) -> Path:
+        """fsync, then put the file in place (earlier attempts' files of this run are removed)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        for old in (self.root / PREDICTIONS).glob(f"date=*/{self.path.name}"):
+            old.unlink()
+        self.partial.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop what was written (the run failed)."""
+        if not self._fh.closed:
+            self._fh.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def served_log(config: ModelConfig, explicit: str | None = None) -> Path:
+    """The prediction log of the model's served traffic: `explicit`, else data.current when it is a prediction
+    log, else the one the local deploy target writes ($CT_HOME/serving/<name>/predictions)."""
+    if explicit:
+        return Path(config.resolve(explicit) or explicit)
+    current = config.current_path
+    if current and is_prediction_log(current):
+        return Path(current.removeprefix("file://"))
+    from ml.tracking import ct_home
+
+    return ct_home() / "serving" / config.name / "predictions"
 
 
 class PredictionLogWriter:
@@ -170,12 +248,8 @@ class PredictionLogWriter:
             kind, ts = item[0], item[1]
             stamp = _iso(ts)
             if kind == PREDICTIONS:
-                record = {"prediction_id": item[2], "timestamp": stamp, "model_version": item[3],
-                          "features": item[4], "output": {"label": item[5], "probabilities": item[6]}}
-                if item[7] is not None:
-                    record["traffic"] = item[7]
-                if item[8]:
-                    record["unseen"] = item[8]
+                record = prediction_record(item[2], stamp, item[3], item[4], item[5], item[6], traffic=item[7],
+                                           unseen=item[8])
             else:
                 record = {"prediction_id": item[2], "timestamp": stamp, "label": item[3]}
             batches.setdefault((kind, stamp[:10]), []).append(encode(record) + b"\n")

@@ -143,7 +143,8 @@ def _drift_section(drift: DriftResult | None) -> dict[str, Any]:
         return section | ({"skipped": drift.skipped} if drift is not None else {})
     return {"dataset_drift": drift.dataset_drift, "drifted_share": drift.drifted_share,
             "drift_share_threshold": drift.drift_share_threshold, "compared_with": drift.compared_with,
-            "features": {name: f.to_dict() for name, f in drift.features.items()}, "report": drift.report_path}
+            "features": {name: f.to_dict() for name, f in drift.features.items()}, "report": drift.report_path,
+            "output": drift.output.to_dict() if drift.output is not None else None}
 
 
 def _section(result: Result | None, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -188,6 +188,17 @@ class Holdout:
         table.to_parquet(path, index=False)
 
     @classmethod
+    def of_run(cls, run_id: str) -> Holdout:
+        """The holdout a training run stored (cached under $CT_HOME/cache/holdouts: a run's holdout never
+        changes). Raises what MLflow raises when the run has none."""
+        from ml.tracking import ct_home, download_run_artifact
+
+        cached = ct_home() / "cache" / "holdouts" / f"{run_id}.parquet"
+        if not cached.exists():
+            download_run_artifact(run_id, HOLDOUT_ARTIFACT, cached)
+        return cls.read(cached)
+
+    @classmethod
     def read(cls, path: Path) -> Holdout:
         import pandas as pd
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ml.data import model_frame
+from ml.drift.output import OutputDrift, Status
 from ml.result import Result
 
 if TYPE_CHECKING:
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
     from ml.drift.profile import ColumnProfile, ReferenceProfile
 
 log = logging.getLogger(__name__)
-
-Status = Literal["drifted", "stable", "insufficient_data"]
-
 
 @dataclass(frozen=True)
 class FeatureDrift(Result):
@@ -61,7 +59,7 @@ class DriftResult(Result):
     """The drift step's result. `skipped` (with no features) when there was no current window to compare."""
 
     summary_fields = ("dataset_drift", "drifted_share", "drift_share_threshold", "report_path", "skipped",
-                      "decision")
+                      "decision", "output")
 
     dataset_drift: bool | None
     drifted_share: float | None
@@ -74,6 +72,9 @@ class DriftResult(Result):
     decision: str = "fdr"
     fdr: float = 0.05
     min_effect: float = 0.0
+    #: the champion's output (score) distribution, current window vs its holdout (ml.drift.output);
+    #: None without a champion or with drift.output.enabled false
+    output: OutputDrift | None = None
 
     @classmethod
     def not_run(cls, reason: str, drift_share_threshold: float) -> DriftResult:

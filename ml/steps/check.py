@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ml.data import Window
     from ml.decision import Decision, PerformanceResult, PolicyInputs
     from ml.drift import DriftResult
+    from ml.drift.output import OutputDrift
     from ml.drift.profile import ReferenceProfile
     from ml.steps import StepRun
 
@@ -105,7 +106,22 @@ def drift(run: StepRun) -> DriftResult:
     # the run history policy.k_of_n reads
     run.ctx.client.set_tag(run.ctx.mlflow_run_id, "ct.dataset_drift",
                            {True: "true", False: "false", None: "none"}[result.dataset_drift])
-    return dataclasses.replace(result, compared_with=compared_with)
+    return dataclasses.replace(result, compared_with=compared_with, output=_output_drift(run))
+
+
+def _output_drift(run: StepRun) -> OutputDrift | None:
+    """The pinned champion's scores on the current window against its holdout scores (ml.drift.output)."""
+    from ml.drift.output import champion_output_drift, describe
+
+    champion, current = run.champion, run.current
+    if champion is None or current is None or not run.config.drift.output.enabled:
+        return None
+    result = champion_output_drift(run.config, run.champion_model, str(champion.version), champion.run_id, current)
+    if result is not None:
+        log.info("drift: %s", describe(result))
+        if result.effect is not None:
+            run.ctx.client.log_metric(run.ctx.mlflow_run_id, "drift.output_effect", result.effect)
+    return result
 
 
 def _reference_profile(run: StepRun) -> tuple[str, ReferenceProfile]:

@@ -1,15 +1,18 @@
 """The models Airflow runs: every `*.yaml` in the config folder, each with its DAG ids, schedule and Assets.
 
     config folder   $CT_CONFIG_DIR, default <repository>/configs (one YAML per model; README "Add a model")
-    DAG ids         `<name>.retrain` (dags/retraining.py) and `<name>.rollback` (dags/rollback.py), from the
-                    config's `name`: the suffixes differ, so no two models' DAGs can share an id
+    DAG ids         `<name>.retrain` (dags/retraining.py), `<name>.rollback` (dags/rollback.py),
+                    `<name>.monitor` (dags/monitoring.py) and, with batch.input_path, `<name>.batch`
+                    (dags/batch.py), from the config's `name`: the suffixes differ, so no two models' DAGs can
+                    share an id
     Assets          `<name>.current_window`: the model's current window (URI: data.current, or
                     x-ct-window://<name> when the config has none); an event on it starts the model's run
                     when the schedule lists `current_window`. `<name>.champion` (URI
                     models:/<name>@champion): every promotion and rollback emits an event whose extra holds
                     the version and its sha256, for downstream DAGs (batch scoring, reports)
     schedule        the config's `schedule:` (cron / preset, assets, both, or null), else $CT_SCHEDULE, else
-                    @daily
+                    @daily; the batch DAG's from batch.schedule / batch.on_promotion (`<name>.champion`), the
+                    monitor's from monitoring.schedule
     timeouts        every task's execution_timeout from the config (`task_timeout_s`, `task_timeouts` per task
                     kind; remote steps at least their backend's own limit): `apply_task_timeouts`
 
@@ -103,6 +106,30 @@ TASK_KIND = {"validate_data": "validate", "drift": "drift", "performance": "perf
              "run_record": "record", "rollback": "rollback"}
 
 
+def batch_schedule(config: ModelConfig) -> Any:
+    """The schedule of the model's batch DAG: `batch.schedule` (cron / preset), the `<name>.champion` Asset
+    (batch.on_promotion), either of them, or None (manual runs only)."""
+    from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
+
+    cron = _check_cron(config.batch.schedule) if config.batch.schedule else None
+    if not config.batch.on_promotion:
+        return cron
+    if cron is None:
+        return AssetAny(model_asset(config))
+    if cron.startswith("@"):
+        from ml.errors import ConfigError
+
+        raise ConfigError("batch.schedule: with batch.on_promotion give a cron expression (e.g. '0 6 * * *'), "
+                          "not a preset")
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
+                               assets=AssetAny(model_asset(config)))
+
+
+def monitor_schedule(config: ModelConfig) -> str | None:
+    """The schedule of the model's monitoring DAG: `monitoring.schedule` (cron / preset, or null)."""
+    return _check_cron(config.monitoring.schedule) if config.monitoring.schedule else None
+
+
 def remote_timeout(config: ModelConfig, step: str) -> timedelta:
     """execution_timeout of a remote step: its kind's timeout, or more where the pod / job may legitimately take
     longer (its own timeout plus start-up), so Airflow never kills a step its backend still allows."""
@@ -137,6 +164,9 @@ class Model:
     config: ModelConfig
     path: Path
     schedule: Any
+    #: the batch DAG's schedule (only models with batch.input_path have one) and the monitor DAG's
+    batch_schedule: Any = None
+    monitor_schedule: Any = None
 
     @property
     def name(self) -> str:
@@ -149,6 +179,19 @@ class Model:
     @property
     def rollback_dag_id(self) -> str:
         return f"{self.name}.rollback"
+
+    @property
+    def batch_dag_id(self) -> str:
+        return f"{self.name}.batch"
+
+    @property
+    def monitor_dag_id(self) -> str:
+        return f"{self.name}.monitor"
+
+    @property
+    def has_batch(self) -> bool:
+        """Whether the model has a batch DAG (its config names what to score: batch.input_path)."""
+        return self.config.batch.input_path is not None
 
     @property
     def task_timeout(self) -> timedelta:
@@ -181,7 +224,9 @@ def load_catalog(folder: Path | None = None) -> Catalog:
             if config.name in seen:
                 raise ConfigError(f"{path}: name '{config.name}' is already the model of {seen[config.name]}; "
                                   "each model config needs a name of its own (it names the model's DAGs)")
-            models.append(Model(config=config, path=path, schedule=dag_schedule(config)))
+            models.append(Model(config=config, path=path, schedule=dag_schedule(config),
+                                batch_schedule=batch_schedule(config) if config.batch.input_path else None,
+                                monitor_schedule=monitor_schedule(config)))
             seen[config.name] = path
         except (ConfigError, ValueError) as exc:
             message = str(exc)

@@ -3,6 +3,7 @@
     KubernetesTrainOperator   -> pod running `python -m ml train  --config ... --run-key <run id>`
     KubernetesDeployOperator  -> pod running `python -m ml deploy --config ... --run-key <run id>`
                                  (the deployer, ml.deploy.kubernetes: patch, wait, smoke test, roll back)
+    (ct_airflow.serving)      -> pod running `python -m ml batch --config ...` (batch scoring)
 
 The pod is a KubernetesPodOperator built at run time by `build_step_pod_operator` from the model
 config (image, namespace, service account, resources: `training.kubernetes` / `deploy.kubernetes`),
@@ -69,6 +70,8 @@ class StepPod:
     active_deadline_s: int
     startup_timeout_s: int
     node_selector: dict[str, str] = field(default_factory=dict)
+    #: (PersistentVolumeClaim, mount path) of a data volume, e.g. batch.volume_claim / batch.mount_path
+    data_volume: tuple[str, str] | None = None
 
     @classmethod
     def for_step(cls, config: ModelConfig, step: str) -> StepPod:
@@ -90,7 +93,17 @@ class StepPod:
                        service_account=k8s.service_account, cpu=k8s.cpu, memory=k8s.memory,
                        env_secret=k8s.mlflow_secret, config_path=k8s.config_path or default_path,
                        automount_token=True, tmp_size="1Gi", active_deadline_s=deadline, startup_timeout_s=600)
-        raise ValueError(f"no pod for step '{step}': steps run in pods are 'train' and 'deploy'")
+        if step == "batch":  # batch scoring: the trainer's image, namespace and resources (training.kubernetes)
+            k8s = config.training.kubernetes
+            return cls(step=step, component="batch-scorer", connection_id=k8s.connection_id, image=k8s.image,
+                       image_pull_policy=k8s.image_pull_policy, namespace=k8s.namespace,
+                       service_account=k8s.service_account, cpu=k8s.cpu, memory=k8s.memory,
+                       env_secret=k8s.mlflow_secret, config_path=k8s.config_path or default_path,
+                       automount_token=False, tmp_size="2Gi", active_deadline_s=k8s.timeout_s,
+                       startup_timeout_s=k8s.startup_timeout_s, node_selector=dict(k8s.node_selector),
+                       data_volume=(config.batch.volume_claim, config.batch.mount_path)
+                       if config.batch.volume_claim else None)
+        raise ValueError(f"no pod for step '{step}': steps run in pods are 'train', 'deploy' and 'batch'")
 
 
 def _locked_down() -> dict[str, Any]:
@@ -111,8 +124,10 @@ def _locked_down() -> dict[str, Any]:
 def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run_key: str,
                             config_sha256: str | None, reference_path: str | None = None,
                             current_path: str | None = None, dag_id: str | None = None,
-                            deferrable: bool = False, **kwargs: Any) -> KubernetesPodOperator:
-    """The KubernetesPodOperator running one step of `config` in a locked-down pod (rendered values only).
+                            deferrable: bool = False, arguments: list[str] | None = None,
+                            **kwargs: Any) -> KubernetesPodOperator:
+    """The KubernetesPodOperator running one step of `config` in a locked-down pod (rendered values only);
+    `arguments` replaces the step's `python -m ml` arguments (ml.cli.step_argv), e.g. ml.cli.batch_argv.
 
     Extra keyword arguments go to KubernetesPodOperator (e.g. config_file, poll_interval, execution_timeout).
     """
@@ -145,7 +160,7 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
         image=pod.image,
         image_pull_policy=pod.image_pull_policy,
         cmds=["/bin/sh", "-c", CONFIG_GUARD, "ct"],
-        arguments=step_argv(step, pod.config_path, run_key, reference_path, current_path),
+        arguments=arguments or step_argv(step, pod.config_path, run_key, reference_path, current_path),
         env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=pod.env_secret, optional=False))],
         labels={"app.kubernetes.io/name": "ct-retraining", "app.kubernetes.io/component": pod.component,
@@ -157,8 +172,11 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
             requests={"cpu": pod.cpu, "memory": pod.memory, "ephemeral-storage": "256Mi"},
             limits={"memory": pod.memory}),
         **_locked_down(),
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=pod.tmp_size))],
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=pod.tmp_size))]
+        + ([k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=pod.data_volume[0]))] if pod.data_volume else []),
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+        + ([k8s.V1VolumeMount(name="data", mount_path=pod.data_volume[1])] if pod.data_volume else []),
         node_selector=pod.node_selector or None,
         active_deadline_seconds=pod.active_deadline_s,
         startup_timeout_seconds=pod.startup_timeout_s,

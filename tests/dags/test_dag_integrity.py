@@ -47,8 +47,10 @@ def repo_bag(airflow_db):
 
 def test_the_repository_configs_make_a_dag_pair_each(repo_bag):
     assert repo_bag.import_errors == {}
-    names = [yaml.safe_load(p.read_text())["name"] for p in sorted((REPO / "configs").glob("*.yaml"))]
-    assert set(repo_bag.dag_ids) == {f"{n}.{kind}" for n in names for kind in ("retrain", "rollback")}
+    configs = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "configs").glob("*.yaml"))]
+    expected = {f"{c['name']}.{kind}" for c in configs for kind in ("retrain", "rollback", "monitor")}
+    expected |= {f"{c['name']}.batch" for c in configs if (c.get("batch") or {}).get("input_path")}
+    assert set(repo_bag.dag_ids) == expected
 
 
 def test_dag_metadata(repo_bag):
@@ -87,7 +89,8 @@ def test_two_configs_make_two_models_and_a_broken_third_is_an_import_error_namin
     (folder / "bad-cron.yaml").write_text(yaml.safe_dump({**yaml.safe_load(DEMO_CONFIG.read_text()),
                                                           "name": "delta", "schedule": "every day"}))
     dags = bag(folder, monkeypatch)
-    assert set(dags.dag_ids) == {"alpha.retrain", "alpha.rollback", "beta.retrain", "beta.rollback"}
+    kinds = ("retrain", "rollback", "monitor")
+    assert set(dags.dag_ids) == {f"{m}.{kind}" for m in ("alpha", "beta") for kind in kinds}
     (where, error), = dags.import_errors.items()
     assert where.endswith("model_configs.py")
     assert f"{folder / 'broken.yaml'}" in error and "gates.max_regresion: unknown key" in error
@@ -106,14 +109,14 @@ def test_two_configs_make_two_models_and_a_broken_third_is_an_import_error_namin
 def test_a_model_name_used_twice_keeps_the_first_file(tmp_path, airflow_db, monkeypatch):
     folder = model_folder(tmp_path, a={"name": "same"}, b={"name": "same"})
     dags = bag(folder, monkeypatch)
-    assert set(dags.dag_ids) == {"same.retrain", "same.rollback"}
+    assert set(dags.dag_ids) == {"same.retrain", "same.rollback", "same.monitor"}
     (error,) = dags.import_errors.values()
     assert f"{folder / 'b.yaml'}: name 'same' is already the model of {folder / 'a.yaml'}" in error
 
 
 def test_parse_imports_nothing_heavy(tmp_path):
-    """Ten models (twenty DAGs) parse in a fresh interpreter with no MLflow, network or Airflow connections.
-    How long parsing takes is benchmarks/dag_parse_bench.py's to measure, not a timed test's."""
+    """Ten models (thirty DAGs: retrain, rollback, monitor) parse in a fresh interpreter with no MLflow, network
+    or Airflow connections. How long parsing takes is benchmarks/dag_parse_bench.py's to measure."""
     folder = model_folder(tmp_path, **{f"m{i}": {"name": f"model-{i}"} for i in range(10)})
     code = f"""
 import json, sys, time
@@ -132,6 +135,43 @@ print(json.dumps({{"elapsed": elapsed, "dags": len(bag.dag_ids),
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["errors"] == {} and result["dags"] == 20
+    assert result["errors"] == {} and result["dags"] == 30
     assert result["heavy"] == [], f"heavy modules imported at parse time: {result['heavy']}"
-    print(f"\n20 DAGs (10 models) parsed in {result['elapsed']:.2f}s")
+    print(f"\n30 DAGs (10 models) parsed in {result['elapsed']:.2f}s")
+
+
+def test_batch_and_monitor_dags(tmp_path, airflow_db, monkeypatch):
+    """A model with batch.input_path gets `<name>.batch` (on its champion Asset and/or a cron), every model a
+    `<name>.monitor` that branches to a TriggerDagRunOperator of its own retraining DAG."""
+    folder = model_folder(tmp_path, a={"name": "alpha", "batch": {"input_path": "rows.parquet"}},
+                          b={"name": "beta", "batch": {"input_path": "rows.csv", "schedule": "0 3 * * *"},
+                             "monitoring": {"schedule": None}},
+                          c={"name": "gamma", "batch": {"input_path": "x.csv", "schedule": "0 3 * * *",
+                                                        "on_promotion": False}})
+    dags = bag(folder, monkeypatch)
+    assert dags.import_errors == {}
+    assert {"alpha.batch", "beta.batch", "gamma.batch", "alpha.monitor"} <= set(dags.dag_ids)
+    alpha = dags.dags["alpha.batch"]
+    assert [a.name for a in alpha.timetable.asset_condition.objects] == ["alpha.champion"]
+    beta = dags.dags["beta.batch"]
+    assert beta.timetable.timetable.expression == "0 3 * * *"  # a cron or the promotion event
+    assert [a.name for a in beta.timetable.asset_condition.objects] == ["beta.champion"]
+    assert dags.dags["gamma.batch"].timetable.expression == "0 3 * * *"
+    assert {t.task_id for t in alpha.get_task("choose_backend").downstream_list} == {"score_local",
+                                                                                     "score_kubernetes"}
+    monitor = dags.dags["alpha.monitor"]
+    assert monitor.timetable.expression == "0 * * * *" or "hour" in str(monitor.timetable.summary).lower()
+    assert dags.dags["beta.monitor"].schedule is None
+    trigger = monitor.get_task("trigger_retrain")
+    assert type(trigger).__name__ == "TriggerDagRunOperator" and trigger.trigger_dag_id == "alpha.retrain"
+    assert {t.task_id for t in monitor.get_task("check").downstream_list} == {"trigger_retrain", "healthy"}
+    for dag in (alpha, beta, monitor):
+        assert dag.tags and dag.max_active_runs == 1 and dag.doc_md and dag.description
+        assert all(t.doc_md and t.execution_timeout for t in dag.tasks)
+
+
+def test_a_preset_with_on_promotion_is_an_import_error(tmp_path, airflow_db, monkeypatch):
+    folder = model_folder(tmp_path, a={"name": "alpha", "batch": {"input_path": "x.csv", "schedule": "@daily"}})
+    dags = bag(folder, monkeypatch)
+    (error,) = dags.import_errors.values()
+    assert "batch.schedule: with batch.on_promotion give a cron expression" in error

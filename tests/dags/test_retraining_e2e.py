@@ -38,7 +38,7 @@ def env(module_ct_home: Path, airflow_db: Path, tmp_path_factory: pytest.TempPat
     finally:
         os.environ.pop("CT_CONFIG_DIR")
     assert not bag.import_errors, bag.import_errors
-    assert set(bag.dag_ids) == {f"{MODEL}.retrain", f"{MODEL}.rollback"}
+    assert set(bag.dag_ids) == {f"{MODEL}.retrain", f"{MODEL}.rollback", f"{MODEL}.monitor"}
     return {"dag": bag.get_dag(f"{MODEL}.retrain"), "rollback": bag.get_dag(f"{MODEL}.rollback"),
             "config": str(config), "home": module_ct_home,
             "port": __import__("yaml").safe_load(config.read_text())["deploy"]["port"]}

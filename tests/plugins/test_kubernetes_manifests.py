@@ -431,7 +431,7 @@ def test_building_the_pod_needs_no_cluster(tmp_path, k8s_config):
     pod = serialise(pod_op.build_pod_request_obj(dry_run=True))
     validate(pod)
     assert "CT_CONFIG_SHA256" not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}
-    with pytest.raises(ValueError, match="steps run in pods are 'train' and 'deploy'"):
+    with pytest.raises(ValueError, match="steps run in pods are 'train', 'deploy' and 'batch'"):
         build_step_pod_operator(config, step="gates", task_id="t", run_key="r", config_sha256=None)
 
 
