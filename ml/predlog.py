@@ -22,6 +22,10 @@ Traffic that is not users': a request with the header ``X-CT-Traffic: smoke`` (w
 test sends, ml.deploy.smoke) is logged with ``"traffic": "smoke"``; the reader leaves those lines out of
 the window unless asked. Any other value is logged as given; lines without the key are users' traffic.
 
+Safe rollout (ml.serving.variants) adds two optional keys: ``"variant": "canary"`` (or ``"champion"``) on
+the lines of a server that splits traffic between two versions, and ``"shadow": {"model_version", "label",
+"probabilities"}``, the challenger's answer to the same request when one is served in shadow.
+
 Windows bounded by time: `read_prediction_log(..., since=, until=)` keeps the predictions whose timestamp is
 in [since, until]; `window_since` turns the config's `data.current_window` ("7d", "24h", "since_champion")
 into that `since`.
@@ -131,11 +135,12 @@ class PredictionLogWriter:
 
     def log_prediction(self, prediction_id: str, timestamp: float, model_version: str,
                        features: dict[str, Any], label: str, probabilities: dict[str, float],
-                       traffic: str | None = None) -> bool:
-        """Queue one prediction (timestamp: POSIX seconds; `traffic`: the X-CT-Traffic header, None for users).
-        False when it had to be dropped."""
+                       traffic: str | None = None, variant: str | None = None,
+                       shadow: dict[str, Any] | None = None) -> bool:
+        """Queue one prediction (timestamp: POSIX seconds; `traffic`: the X-CT-Traffic header, None for users;
+        `variant` and `shadow`: see the module docstring). False when it had to be dropped."""
         return self._enqueue((PREDICTIONS, timestamp, prediction_id, model_version, features, label, probabilities,
-                              traffic))
+                              traffic, variant, shadow))
 
     def log_feedback(self, prediction_id: str, timestamp: float, label: str) -> bool:
         """Queue one feedback label for an earlier prediction. False when it had to be dropped."""
@@ -165,8 +170,9 @@ class PredictionLogWriter:
             if kind == PREDICTIONS:
                 record = {"prediction_id": item[2], "timestamp": stamp, "model_version": item[3],
                           "features": item[4], "output": {"label": item[5], "probabilities": item[6]}}
-                if item[7] is not None:
-                    record["traffic"] = item[7]
+                for key, value in zip(("traffic", "variant", "shadow"), item[7:], strict=True):
+                    if value is not None:
+                        record[key] = value
             else:
                 record = {"prediction_id": item[2], "timestamp": stamp, "label": item[3]}
             batches.setdefault((kind, stamp[:10]), []).append(encode(record) + b"\n")
@@ -278,6 +284,17 @@ def _records(files: list[Path]) -> list[dict[str, Any]]:
         if bad:
             log.warning("prediction log: skipped %d unreadable line(s) in %s", bad, path)
     return out
+
+
+def read_prediction_records(path: str | Path, start: date | str | None = None,
+                            include_smoke: bool = False) -> list[dict[str, Any]]:
+    """The prediction lines as logged (dicts, with `variant` and `shadow` where the server wrote them), from
+    the partitions of `start` on; smoke-test lines left out unless `include_smoke`."""
+    root = Path(str(path).removeprefix("file://"))
+    if not is_prediction_log(root):
+        raise DataError(f"{root} is not a prediction log (no '{PREDICTIONS}/' folder inside)")
+    records = _records(_partition_files(root, PREDICTIONS, _as_date(start, "start"), None))
+    return records if include_smoke else [r for r in records if r.get("traffic") != SMOKE]
 
 
 def read_feedback(path: str | Path, start: date | str | None = None) -> pd.DataFrame:
