@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,15 +114,16 @@ def stop_server(model_name: str, state: ServerState | None = None, grace_s: floa
 
 
 def start_server(model_name: str, version: str, model_path: Path, sha256: str, host: str, port: int,
-                 timeout_s: float) -> ServerState:
-    """Start `python -m ml.serving` detached and wait for /ready; raises RuntimeError on failure."""
+                 timeout_s: float, extra_args: Sequence[str] = ()) -> ServerState:
+    """Start `python -m ml.serving` detached and wait for /ready; raises RuntimeError on failure.
+    `extra_args`: more server flags (a shadow or canary model, ml.deploy.canary)."""
     folder = serving_dir(model_name)
     folder.mkdir(parents=True, exist_ok=True)
     repo_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "ml.serving", "--model-uri", str(model_path), "--expected-sha256", sha256,
            "--model-version", str(version), "--host", host, "--port", str(port),
-           "--prediction-log-dir", str(folder / "predictions")]
+           "--prediction-log-dir", str(folder / "predictions"), *extra_args]
     log_file = (folder / "server.log").open("ab")
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env=env, start_new_session=True, close_fds=True)
@@ -153,9 +155,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _start_and_check(model_name: str, version: str, model_path: Path, sha256: str, host: str, port: int,
-                     timeout_s: float, smoke: SmokeCheck) -> tuple[ServerState | None, SmokeResult]:
+                     timeout_s: float, smoke: SmokeCheck,
+                     extra_args: Sequence[str] = ()) -> tuple[ServerState | None, SmokeResult]:
     try:
-        state = start_server(model_name, version, model_path, sha256, host, port, timeout_s)
+        state = start_server(model_name, version, model_path, sha256, host, port, timeout_s, extra_args)
     except RuntimeError as exc:
         return None, SmokeResult(False, str(exc))
     result = smoke(state.url, version, sha256)
@@ -166,11 +169,13 @@ def _start_and_check(model_name: str, version: str, model_path: Path, sha256: st
 
 
 def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *, host: str, port: int,
-                 timeout_s: float, smoke: SmokeCheck) -> DeployResult:
-    """Serve `version` on host:port; roll back to the previous server if it fails the smoke test."""
+                 timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str] = ()) -> DeployResult:
+    """Serve `version` on host:port; roll back to the previous server if it fails the smoke test.
+    `extra_args` (a shadow or canary beside it) always restart the server; the previous one is restored alone."""
     previous = read_state(model_name)
     running = is_serving(previous)
-    if running and previous is not None and previous.version == str(version) and previous.sha256 == sha256:
+    if running and previous is not None and previous.version == str(version) and previous.sha256 == sha256 \
+            and not extra_args:
         result = smoke(previous.url, version, sha256)
         if result.passed:
             return DeployResult("local", str(version), previous.version, "unchanged", False, previous.url,
@@ -178,7 +183,8 @@ def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *
     if previous is not None:
         stop_server(model_name, previous)
     log.info("deploying %s v%s on %s:%s", model_name, version, host, port)
-    state, result = _start_and_check(model_name, str(version), model_path, sha256, host, port, timeout_s, smoke)
+    state, result = _start_and_check(model_name, str(version), model_path, sha256, host, port, timeout_s, smoke,
+                                     extra_args)
     if state is not None:
         _write_state(model_name, state)
         return DeployResult("local", str(version), previous.version if previous else None, "deployed", False,
