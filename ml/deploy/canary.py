@@ -319,3 +319,22 @@ def watch_canary(config: ModelConfig, interval_s: float = 30.0, timeout_s: float
         if verdict.verdict != "waiting" or (deadline is not None and time.monotonic() >= deadline):
             return verdict
         time.sleep(interval_s)
+
+
+def check_rollout(config: ModelConfig) -> dict[str, Any]:
+    """The rollout DAG's look: a canary is evaluated (and promoted or rolled back once decided); a shadow is
+    compared (the report is stored in the shadow's MLflow run as `shadow_report.json`). Nothing running: said so."""
+    from ml.shadow import compare_shadow
+    from ml.tracking import mlflow_client, open_run
+
+    running = read_rollout(config.name)
+    if running is None:
+        return {"model": config.name, "kind": None, "detail": "no canary or shadow is running"}
+    if running.kind == CANARY:
+        verdict = evaluate_canary(config)
+        return {"model": config.name, "kind": CANARY, "version": running.version, **verdict.summary(),
+                "test": verdict.test.to_dict()}
+    report = compare_shadow(config, since=running.started_at)
+    run_id = open_run(config, running.run_key, tags={"ct.rollout": running.kind}).mlflow_run_id
+    mlflow_client().log_dict(run_id, report.to_dict(), "shadow_report.json")
+    return {"model": config.name, "kind": SHADOW, "version": running.version, **report.summary()}

@@ -123,6 +123,11 @@ class Model:
         return f"{self.name}.rollback"
 
     @property
+    def rollout_dag_id(self) -> str:
+        """The shadow/canary check DAG: only models whose deploy.strategy is canary or shadow have one."""
+        return f"{self.name}.rollout"
+
+    @property
     def task_timeout(self) -> timedelta:
         return timedelta(seconds=self.config.task_timeout_s)
 

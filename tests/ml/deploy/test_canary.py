@@ -100,6 +100,8 @@ def test_shadow_scores_every_request_and_the_report_compares_them(versions):
     assert report.shadow_version == v["good"] and report.champion_versions == [v["weak"]]
     assert 0.0 < report.agreement < 1.0 and report.score_ks_p_value is not None
     assert report.shadow_metric > report.champion_metric and report.interval[0] > 0
+    looked = canary.check_rollout(config)  # what the rollout DAG's task does
+    assert (looked["kind"], looked["rows"], looked["labelled"]) == ("shadow", 400, 400)
     stopped = canary.stop_shadow(config)
     assert stopped.status == "stopped" and canary.read_rollout(config.name) is None
     assert _ledger(config)[-2:] == [("shadow", "shadow_start", v["good"]), ("shadow", "shadow_stop", v["good"])]
