@@ -81,6 +81,8 @@ def two_sample_bootstrap(metric: str, a: Arm, b: Arm, rounds: int, confidence: f
     """(point, lower, upper) of metric(a) - metric(b), positive = a better; each arm resampled on its own."""
     import numpy as np
 
+    from ml.gates import percentile_interval
+
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     point = sign * (score(metric, a.y, a.proba, threshold) - score(metric, b.y, b.proba, threshold))
     rng = np.random.default_rng(seed)
@@ -95,11 +97,7 @@ def two_sample_bootstrap(metric: str, a: Arm, b: Arm, rounds: int, confidence: f
         d = values[0] - values[1]
         if not math.isnan(d):
             diffs.append(sign * d)
-    if not diffs:
-        return point, math.nan, math.nan
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
-    return float(point), float(lo), float(hi)
+    return percentile_interval(point, diffs, confidence)
 
 
 def canary_test(metric: str, champion: Arm, canary: Arm, config: CanaryConfig, threshold: float = 0.5,

@@ -15,19 +15,9 @@ from ml.deploy.kubernetes import KubernetesTarget
 from ml.deploy.kubernetes_canary import VARIANT_LABEL, canary_replicas, create_canary, delete_canary
 from ml.errors import DeployError
 from tests.fake_kubernetes import K8S, FakeCluster, fake_kubernetes, template_env, write_kubeconfig
+from tests.ml.deploy.test_kubernetes import FakeClock as Clock
 
 SHA = "3" * 64
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
