@@ -251,8 +251,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         _emit(_rollback(config, args.reason, args.version))
         return 0
     if args.command in ("shadow-report", "shadow", "canary"):
-        _emit(_rollout_command(config, args))
-        return 0
+        document = _rollout_command(config, args)
+        _emit(document)
+        return _failed(f"{args.command} {getattr(args, 'action', '')} failed: {document['steps'][-1]['detail']}"
+                       if document.get("status") == "failed" else None)
 
     from ml.pipeline import deploy_version, run_pipeline, run_step
     from ml.record import finish_run

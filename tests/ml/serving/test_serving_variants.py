@@ -153,3 +153,19 @@ def test_a_model_of_other_features_is_refused_as_shadow(trained, start_server, t
         "CT_SHADOW_MODEL_PATH": str(other), "CT_SHADOW_MODEL_SHA256": sha256_bytes(data)}, ready=False)
     assert server.proc.wait(60) == 3
     assert "refusing the shadow model" in server.output
+
+
+def test_several_workers_each_load_the_shadow_and_log_its_scores(trained, challenger, start_server, tmp_path):
+    shadow_path, shadow_sha = challenger
+    log_dir = tmp_path / "log"
+    server = start_server(_base_env(trained, log_dir) | {
+        "CT_WORKERS": "2", "CT_SHADOW_MODEL_PATH": str(shadow_path), "CT_SHADOW_MODEL_SHA256": shadow_sha,
+        "CT_SHADOW_MODEL_VERSION": "2"})
+    records = sample_records(120, seed=4)
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda r: server.client().post("/predict", json=r).status_code, records))
+    assert codes == [200] * 120
+    assert server.stop() == 0
+    lines = read_prediction_records(log_dir)
+    assert len(lines) == 120 and all(line["shadow"]["model_version"] == "2" for line in lines)
+    assert len(list((log_dir / "predictions").glob("date=*/*.jsonl"))) >= 1
