@@ -113,7 +113,9 @@ class Variants:
         self.stats_by_variant = {CHAMPION: VariantStats(), CANARY: VariantStats(), SHADOW: VariantStats()}
         self.shadow_dropped = 0
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._capacity = settings.log_queue_size
+        self._capacity = settings.log_queue_size  # in records, like the prediction log's queue
+        self._queued = 0
+        self._queued_lock = threading.Lock()  # the event loop adds, the shadow thread takes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -163,13 +165,19 @@ class Variants:
             answer["prediction_id"] = ids[i]  # type: ignore[index]
         self.metrics.count_predictions([answer["label"] for answer in out])  # type: ignore[index]
         variants = answered_by if self.canary is not None else [None] * len(records)
-        if self.shadow is not None and len(self._queue) < self._capacity:
-            self._queue.append((timestamp, records, out, variants, traffic))
-        else:
+        if self.shadow is None or not self._enqueue((timestamp, records, out, variants, traffic)):
             if self.shadow is not None:
-                self.shadow_dropped += len(records)
+                self.shadow_dropped += len(records)  # the queue is full: logged without the shadow's score
             self._log(timestamp, records, out, variants, traffic, None)  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
+
+    def _enqueue(self, item: tuple[Any, ...]) -> bool:
+        with self._queued_lock:
+            if self._queued + len(item[1]) > self._capacity:
+                return False
+            self._queued += len(item[1])
+        self._queue.append(item)
+        return True
 
     def _canary_rows(self, records: list[dict[str, Any]], ids: list[str], traffic: str | None) -> list[int]:
         if self.canary is None or traffic == "smoke":
@@ -217,6 +225,8 @@ class Variants:
             while self._queue and size < _SHADOW_BATCH:
                 items.append(self._queue.popleft())
                 size += len(items[-1][1])
+            with self._queued_lock:
+                self._queued -= size
             self._score_shadow(items)
 
     def _score_shadow(self, items: list[tuple[Any, ...]]) -> None:
@@ -238,4 +248,4 @@ class Variants:
         doc = {name: s.to_dict(versions[name]) for name, s in self.stats_by_variant.items()
                if name == CHAMPION or versions[name] is not None}
         return {"canary_fraction": self.fraction if self.canary else 0.0, "canary_key": self.key,
-                "variants": doc, "shadow_queue_depth": len(self._queue), "shadow_dropped": self.shadow_dropped}
+                "variants": doc, "shadow_queue_depth": self._queued, "shadow_dropped": self.shadow_dropped}

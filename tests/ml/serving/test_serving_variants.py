@@ -169,3 +169,24 @@ def test_several_workers_each_load_the_shadow_and_log_its_scores(trained, challe
     lines = read_prediction_records(log_dir)
     assert len(lines) == 120 and all(line["shadow"]["model_version"] == "2" for line in lines)
     assert len(list((log_dir / "predictions").glob("date=*/*.jsonl"))) >= 1
+
+
+def test_a_full_shadow_queue_logs_the_answer_without_the_shadow_score(trained, challenger, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from ml.serving.app import create_app
+    from ml.serving.settings import Settings
+
+    shadow_path, shadow_sha = challenger
+    settings = Settings(model_uri=str(trained.path), expected_sha256=trained.sha256, model_version="1",
+                        prediction_log_dir=tmp_path / "log", shadow_model_path=shadow_path,
+                        shadow_model_sha256=shadow_sha, shadow_model_version="2")
+    app = create_app(settings)
+    app.state.service.variants._capacity = 3  # records the shadow may hold queued (CT_LOG_QUEUE_SIZE)
+    with TestClient(app) as client:
+        big = client.post("/predict/batch", json={"records": sample_records(5, seed=1)})
+        small = client.post("/predict/batch", json={"records": sample_records(2, seed=2)})
+        assert big.status_code == small.status_code == 200
+        assert client.get("/variants").json()["shadow_dropped"] == 5
+    lines = read_prediction_records(tmp_path / "log")
+    assert len(lines) == 7 and sum("shadow" in line for line in lines) == 2
