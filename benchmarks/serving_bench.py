@@ -1,6 +1,7 @@
 """Serving benchmark: throughput and latency of the real server on loopback, and ONNX vs sklearn in-process.
 
     .venv/bin/python -m benchmarks.serving_bench [--workers 2] [--connections 32] [--duration 10] [--json out.json]
+        [--variant none|shadow|canary]
 
 (run from the repository root, so `ml` is importable.)
 
@@ -76,13 +77,18 @@ def free_port() -> int:
 
 
 def start_server(model: Path, sha: str, port: int, workers: int, log_dir: Path | None,
-                 out: Path) -> subprocess.Popen:
+                 out: Path, variant: str = "none") -> subprocess.Popen:
+    """The server; `variant` shadow / canary serves the same file a second time in that role (its cost)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CT_")}
     env |= {"CT_MODEL_URI": str(model), "CT_MODEL_SHA256": sha, "CT_MODEL_VERSION": "bench",
             "CT_HOST": "127.0.0.1", "CT_PORT": str(port), "CT_WORKERS": str(workers),
             "CT_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
     if log_dir is not None:
         env["CT_PREDICTION_LOG_DIR"] = str(log_dir)
+    if variant != "none":
+        env |= {f"CT_{variant.upper()}_MODEL_PATH": str(model), f"CT_{variant.upper()}_MODEL_SHA256": sha,
+                f"CT_{variant.upper()}_MODEL_VERSION": variant}
+        env |= {"CT_CANARY_FRACTION": "0.5"} if variant == "canary" else {}
     with out.open("wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "ml.serving"], cwd=REPO, env=env, stdout=fh,
                                 stderr=subprocess.STDOUT)
@@ -320,12 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-rps", type=float, default=3000.0,
                         help="acceptance throughput; latency is also measured at half of it (0: skip)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--variant", choices=["none", "shadow", "canary"], default="none",
+                        help="also serve the model in shadow, or as a canary at 0.5 (default none)")
     args = parser.parse_args(argv)
     duration = min(args.duration, 30.0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     results: dict[str, Any] = {"machine": machine(), "workers": args.workers,
-                               "prediction_log": not args.no_prediction_log}
+                               "prediction_log": not args.no_prediction_log, "variant": args.variant}
     with tempfile.TemporaryDirectory(prefix="ct-serving-bench-") as tmp_name:
         tmp = Path(tmp_name)
         log.info("training the benchmark model (synthetic attrition data, 8 numeric + 1 categorical)")
@@ -333,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         payloads_json = [json.dumps(r).encode() for r in records]
         port = free_port()
         server = start_server(model_path, sha, port, args.workers,
-                              None if args.no_prediction_log else tmp / "log", tmp / "server.log")
+                              None if args.no_prediction_log else tmp / "log", tmp / "server.log", args.variant)
         try:
             payloads = [request_bytes(port, b) for b in payloads_json]
             run_async(closed_loop(port, payloads, 8, 1.0))  # warm-up: connections, caches

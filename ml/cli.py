@@ -104,7 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction-log", help="the served model's prediction log (default monitoring.prediction_log)")
     sub.add_parser("serve", help="run the ONNX server (same flags as `python -m ml.serving --help`)",
                    add_help=False)
+    _rollout_parsers(sub)
     return parser
+
+
+def _rollout_parsers(sub: Any) -> None:
+    """`shadow-report`, `shadow start|stop`, `canary start|evaluate|watch|promote|rollback` (README "Safe rollout")."""
+    p = sub.add_parser("shadow-report", help="compare the champion with its shadow on the logged live traffic")
+    _common(p, run_key=False)
+    p.add_argument("--since", help="only predictions from this ISO time on")
+    p = sub.add_parser("shadow", help="serve a version in shadow beside the champion (local target)")
+    _common(p, run_key=False)
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("--version", help="the registered version to shadow (start)")
+    p = sub.add_parser("canary", help="let a version answer a share of the traffic; promote or roll back by a test")
+    _common(p, run_key=False)
+    p.add_argument("action", choices=["start", "evaluate", "watch", "promote", "rollback", "status"])
+    p.add_argument("--version", help="the registered version to canary (start)")
+    p.add_argument("--fraction", type=float, help="its share of the traffic (default deploy.canary.fraction)")
+    p.add_argument("--interval-s", type=float, default=30.0, help="watch: seconds between looks")
+    p.add_argument("--timeout-s", type=float, help="watch: give up waiting after this long (the canary stays)")
+    p.add_argument("--reason", default="operator's decision", help="promote / rollback: recorded in the ledger")
 
 
 def _latest_file(name: str) -> Path:
@@ -176,6 +196,31 @@ def _status(config: Any) -> dict[str, Any]:
         aliases[alias] = str(mv.version) if mv else None
     return {"model": config.name, "tracking_uri": tracking_uri(), **aliases,
             "alias_log": alias_log(client, config.name)[-10:], "local_server": local_server_status(config.name)}
+
+
+def _rollout_command(config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from ml.deploy import canary
+
+    if args.command == "shadow-report":
+        from ml.shadow import compare_shadow
+
+        return compare_shadow(config, args.current, args.since).to_dict()
+    needs_version = args.action == "start" and not args.version
+    if needs_version:
+        raise ConfigError(f"{args.command} start needs --version N (a registered version)")
+    if args.command == "shadow":
+        done = canary.start_shadow(config, args.version) if args.action == "start" else canary.stop_shadow(config)
+        return done.to_dict()
+    if args.action == "start":
+        return canary.start_canary(config, args.version, args.fraction).to_dict()
+    if args.action == "evaluate":
+        return canary.evaluate_canary(config, args.current).to_dict()
+    if args.action == "watch":
+        return canary.watch_canary(config, args.interval_s, args.timeout_s, args.current).to_dict()
+    if args.action == "status":
+        running = canary.read_rollout(config.name)
+        return running.to_dict() if running is not None else {"model": config.name, "rollout": None}
+    return canary.end_canary(config, args.action, args.reason).to_dict()
 
 
 def _rollback(config: Any, reason: str, version: str | None) -> dict[str, Any]:
@@ -261,6 +306,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         _emit(report.to_dict())
         _copy_out(args.out, "monitor", report.to_dict(), [])
         return 0
+    if args.command in ("shadow-report", "shadow", "canary"):
+        document = _rollout_command(config, args)
+        _emit(document)
+        return _failed(f"{args.command} {getattr(args, 'action', '')} failed: {document['steps'][-1]['detail']}"
+                       if document.get("status") == "failed" else None)
 
     from ml.pipeline import deploy_version, run_pipeline, run_step
     from ml.record import finish_run

@@ -363,8 +363,32 @@ class KubernetesDeploy(_Strict):
     config_path: str | None = None
 
 
+class CanaryConfig(_Strict):
+    """`deploy.strategy: canary` (ml.deploy.canary): the share the canary answers, the test that promotes it,
+    and the guardrails that roll it back at once (README "Safe rollout")."""
+
+    fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    #: a feature whose value routes a request (one key always meets one model); null = the prediction id
+    key: str | None = None
+    #: labelled predictions (feedback) each variant needs before the one look of the test
+    min_samples: int = Field(default=200, ge=20)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    #: the canary passes when the lower bound of (canary - champion) on performance.metric is >= -max_regression
+    max_regression: float = Field(default=0.0, ge=0.0)
+    bootstrap_rounds: int = Field(default=1000, ge=100)
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_latency_ms: float = Field(default=50.0, gt=0.0)
+    #: canary requests before the error-rate and latency guardrails are judged
+    min_requests: int = Field(default=50, ge=1)
+    #: no verdict within this time (too few labels): roll back
+    timeout_h: float = Field(default=168.0, gt=0.0)
+
+
 class DeployConfig(_Strict):
     target: Literal["local", "kubernetes"] = "local"
+    #: replace: the new version takes all traffic once smoke-tested; shadow / canary: README "Safe rollout"
+    strategy: Literal["replace", "shadow", "canary"] = "replace"
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
     host: str = "127.0.0.1"
     port: int = Field(default=8808, ge=1, le=65535)
     smoke_rows: int = Field(default=5, ge=1, le=100)
@@ -557,6 +581,9 @@ class ModelConfig(_Strict):
             raise ValueError("positive_class: required when task is binary")
         if self.sensitive_feature == self.target:
             raise ValueError("sensitive_feature: must not be the target")
+        if self.deploy.canary.key is not None and self.deploy.canary.key not in feats:
+            raise ValueError(f"deploy.canary.key: '{self.deploy.canary.key}' is not a feature (the server routes "
+                             "by a field of the request)")
         known = {*feats, self.target}
         if self.sensitive_feature:
             known.add(self.sensitive_feature)

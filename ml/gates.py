@@ -134,6 +134,13 @@ def paired_bootstrap(metric: str, y: np.ndarray, proba_a: np.ndarray, proba_b: n
             d = score(metric, y[idx], proba_a[idx], threshold) - score(metric, y[idx], proba_b[idx], threshold)
         if not math.isnan(d):
             diffs.append(sign * d)
+    return percentile_interval(point, diffs, confidence)
+
+
+def percentile_interval(point: float, diffs: list[float], confidence: float) -> tuple[float, float, float]:
+    """(point, lower, upper): the two-sided percentile interval of bootstrap differences (NaN when none)."""
+    import numpy as np
+
     if not diffs:
         return point, math.nan, math.nan
     alpha = (1 - confidence) / 2

@@ -287,10 +287,10 @@ def _champion_version(client: Any, name: str) -> str | None:
     return str(champion.version) if champion is not None else None
 
 
-def deploy_version(config: ModelConfig, version: str) -> tuple[RunRecord, DeployResult]:
+def deploy_version(config: ModelConfig, version: str, reason: str | None = None) -> tuple[RunRecord, DeployResult]:
     """Serve a registered version on the deploy target (smoke-tested, rolled back on failure) and move
     `champion` to it, so the alias and the served version stay in step. A failed deploy leaves both as
-    they were (the previous version restored, champion unmoved)."""
-    decision = Decision("deploy", f"manual deploy of v{version}", ["manual"])
+    they were (the previous version restored, champion unmoved). `reason`: why (a promoted canary)."""
+    decision = Decision("deploy", reason or f"manual deploy of v{version}", ["manual"])
     record, deployed, _ = _release(config, decision, str(version), reason=decision.reason, kind="promote")
     return record, deployed

@@ -30,6 +30,10 @@ Traffic that is not users': a request with the header ``X-CT-Traffic: smoke`` (w
 test sends, ml.deploy.smoke) is logged with ``"traffic": "smoke"``; the reader leaves those lines out of
 the window unless asked. Any other value is logged as given; lines without the key are users' traffic.
 
+Safe rollout (ml.serving.variants) adds two optional keys: ``"variant": "canary"`` (or ``"champion"``) on
+the lines of a server that splits traffic between two versions, and ``"shadow": {"model_version", "label",
+"probabilities"}``, the challenger's answer to the same request when one is served in shadow.
+
 Windows bounded by time: `read_prediction_log(..., since=, until=)` keeps the predictions whose timestamp is
 in [since, until]; `window_since` turns the config's `data.current_window` ("7d", "24h", "since_champion")
 into that `since`.
@@ -92,10 +96,11 @@ def _iso(ts: float) -> str:
 
 def prediction_record(prediction_id: str, stamp: str, model_version: str, features: dict[str, Any], label: str,
                       probabilities: dict[str, float], *, traffic: str | None = None,
-                      source: str | None = None, unseen: list[str] | None = None) -> dict[str, Any]:
+                      source: str | None = None, unseen: list[str] | None = None, variant: str | None = None,
+                      shadow: dict[str, Any] | None = None) -> dict[str, Any]:
     """One prediction line (the module docstring's format); `source` marks lines not from the server
     (``batch``), `traffic` the X-CT-Traffic header of the request, `unseen` the features whose category the
-    model never saw (CT_UNSEEN_CATEGORY=mark)."""
+    model never saw (CT_UNSEEN_CATEGORY=mark), `variant` and `shadow` the rollout's (module docstring)."""
     record: dict[str, Any] = {"prediction_id": prediction_id, "timestamp": stamp, "model_version": model_version,
                               "features": features, "output": {"label": label, "probabilities": probabilities}}
     if traffic is not None:
@@ -104,6 +109,9 @@ def prediction_record(prediction_id: str, stamp: str, model_version: str, featur
         record["source"] = source
     if unseen:
         record["unseen"] = unseen
+    for key, value in (("variant", variant), ("shadow", shadow)):
+        if value is not None:
+            record[key] = value
     return record
 
 
@@ -216,11 +224,13 @@ class PredictionLogWriter:
 
     def log_prediction(self, prediction_id: str, timestamp: float, model_version: str,
                        features: dict[str, Any], label: str, probabilities: dict[str, float],
-                       traffic: str | None = None, unseen: list[str] | None = None) -> bool:
+                       traffic: str | None = None, unseen: list[str] | None = None, variant: str | None = None,
+                       shadow: dict[str, Any] | None = None) -> bool:
         """Queue one prediction (timestamp: POSIX seconds; `traffic`: the X-CT-Traffic header, None for users;
-        `unseen`: categorical features whose value the model never saw). False when it had to be dropped."""
+        `unseen`: categorical features whose value the model never saw; `variant` and `shadow`: see the module
+        docstring). False when it had to be dropped."""
         return self._enqueue((PREDICTIONS, timestamp, prediction_id, model_version, features, label, probabilities,
-                              traffic, unseen))
+                              traffic, unseen, variant, shadow))
 
     def log_feedback(self, prediction_id: str, timestamp: float, label: str) -> bool:
         """Queue one feedback label for an earlier prediction. False when it had to be dropped."""
@@ -249,7 +259,7 @@ class PredictionLogWriter:
             stamp = _iso(ts)
             if kind == PREDICTIONS:
                 record = prediction_record(item[2], stamp, item[3], item[4], item[5], item[6], traffic=item[7],
-                                           unseen=item[8])
+                                           unseen=item[8], variant=item[9], shadow=item[10])
             else:
                 record = {"prediction_id": item[2], "timestamp": stamp, "label": item[3]}
             batches.setdefault((kind, stamp[:10]), []).append(encode(record) + b"\n")
@@ -378,6 +388,17 @@ def first_labels(feedback: pd.DataFrame) -> tuple[pd.Series, int]:
         log.warning("prediction log: %d later feedback label(s) for already labelled prediction(s) ignored "
                     "(the first label of a prediction counts)", ignored)
     return first.set_index("prediction_id")["label"], ignored
+
+
+def read_prediction_records(path: str | Path, start: date | str | None = None,
+                            include_smoke: bool = False) -> list[dict[str, Any]]:
+    """The prediction lines as logged (dicts, with `variant` and `shadow` where the server wrote them), from
+    the partitions of `start` on; smoke-test lines left out unless `include_smoke`."""
+    root = Path(str(path).removeprefix("file://"))
+    if not is_prediction_log(root):
+        raise DataError(f"{root} is not a prediction log (no '{PREDICTIONS}/' folder inside)")
+    records = _records(_partition_files(root, PREDICTIONS, _as_date(start, "start"), None))
+    return records if include_smoke else [r for r in records if r.get("traffic") != SMOKE]
 
 
 def read_feedback(path: str | Path, start: date | str | None = None) -> pd.DataFrame:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Status = Literal["promoted", "skipped", "blocked", "rejected", "not_approved", "rolled_back", "failed", "deployed"]
+Status = Literal["promoted", "skipped", "blocked", "rejected", "not_approved", "rolled_back", "failed", "deployed",
+                 "rolling_out"]
 FAILED_STATUSES = ("blocked", "rejected", "rolled_back", "failed")
 #: Decisions of runs that are an operator's action rather than the pipeline's checks.
 OPERATIONS = ("rollback", "deploy")
@@ -133,6 +134,8 @@ def run_status(state: RunState) -> Status:
     promotion = state.get(Step.PROMOTE, Promotion)
     if promotion is not None and promotion.promoted:
         return "promoted"
+    if deployed is not None and deployed.rollout is not None:
+        return "rolling_out"  # deploy.strategy canary / shadow: the version runs beside the champion
     return "deployed" if deployed is not None and decision is not None and decision.decision == "deploy" else "failed"
 
 

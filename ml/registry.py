@@ -61,7 +61,9 @@ class AliasMove(Result):
     by: str
     reason: str
     at: str
-    kind: str  # "promote" | "rollback"
+    #: "promote" | "rollback"; rollouts (ml.deploy.canary): "canary_start", "canary_test", "canary_promote",
+    #: "canary_rollback", "shadow_start", "shadow_stop"
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,25 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: str, reason
     _record_move(client, name, move)
     client.set_registered_model_alias(name, alias, str(version))
     log.info("%s: alias %s %s -> %s (%s)", name, alias, previous, version, reason)
+    return move
+
+
+def record_step(client: MlflowClient, name: str, alias: str, version: str, reason: str, kind: str) -> AliasMove:
+    """Record a step of a rollout that moves no alias (a canary's fraction, its test result) in the ledger."""
+    move = AliasMove(alias=alias, version=str(version), previous=str(version), by=actor(), reason=reason[:4000],
+                     at=datetime.now(UTC).isoformat(timespec="seconds"), kind=kind)
+    _record_move(client, name, move)
+    return move
+
+
+def clear_alias(client: MlflowClient, name: str, alias: str, reason: str, kind: str) -> AliasMove | None:
+    """Record, then remove `alias` (a canary or shadow that ended); None when it was not set."""
+    current = version_by_alias(client, name, alias)
+    if current is None:
+        return None
+    move = record_step(client, name, alias, str(current.version), reason, kind)
+    client.delete_registered_model_alias(name, alias)
+    log.info("%s: alias %s (v%s) removed (%s)", name, alias, current.version, reason)
     return move
 
 

@@ -199,6 +199,8 @@ class FakeCluster:
         self.behavior = "ok"
         self.serving = copy.deepcopy(self.deployment["spec"]["template"])
         self._set_status()
+        #: other Deployments created through the API (a canary): name -> [object, reads so far]
+        self.created: dict[str, list[Any]] = {}
 
     # ---- the controller -----------------------------------------------------------------------
 
@@ -328,6 +330,32 @@ class FakeCluster:
                 return True
         return False
 
+    def create(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST a Deployment: stored with the server's metadata; 409 when the name exists."""
+        name = doc["metadata"]["name"]
+        if name in self.created or name == self.deployment["metadata"]["name"]:
+            return 409, _status(409, "AlreadyExists", f'deployments.apps "{name}" already exists')
+        stored = copy.deepcopy(doc)
+        stored["metadata"] |= {"uid": f"c0ffee00-0000-4000-8000-{len(self.created):012d}", "generation": 1,
+                               "resourceVersion": "5000", "creationTimestamp": TS}
+        stored["spec"]["template"] = with_server_defaults(stored["spec"]["template"])
+        stored["status"] = {}
+        self.created[name] = [stored, 0]
+        return 201, copy.deepcopy(stored)
+
+    def read_created(self, name: str) -> dict[str, Any]:
+        """A created Deployment: unobserved at the first read, then available (unless its version is "stuck")."""
+        entry = self.created[name]
+        doc, reads = entry
+        entry[1] += 1
+        n = doc["spec"]["replicas"]
+        version = template_env(doc["spec"]["template"]).get("CT_MODEL_VERSION") or ""
+        if reads >= 1:
+            ready = 0 if self.behaviors.get(version) == "stuck" else n
+            doc["status"] = {"observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": ready,
+                             "availableReplicas": ready}
+        return copy.deepcopy(doc)
+
     def served_env(self) -> dict[str, str]:
         return template_env(self.serving)
 
@@ -401,14 +429,15 @@ class _ApiHandler(_Handler):
         cluster = api.cluster
         url = urlsplit(self.path)
         query = parse_qs(url.query)
-        body = self._body() if self.command == "PATCH" else None
+        body = self._body() if self.command in ("PATCH", "POST") else None
         match = _PATH.match(url.path)
         content_type = (self.headers.get("Content-Type") or "").split(";")[0] or None
         if match is None:
             self._send(404, _status(404, "NotFound", f"the server could not find the requested resource ({url.path})"))
             return
         name, resource = match["name"], match["resource"]
-        verb = {"GET": "get" if name else "list", "PATCH": "patch"}.get(self.command, self.command.lower())
+        verb = {"GET": "get" if name else "list", "PATCH": "patch", "POST": "create"}.get(self.command,
+                                                                                       self.command.lower())
         request = Request(self.command, url.path, query, content_type, body, verb, resource)
         with cluster.lock:
             cluster.requests.append(request)
@@ -427,6 +456,14 @@ class _ApiHandler(_Handler):
             if request.verb != "list":
                 return 405, _status(405, "MethodNotAllowed", "not served by this fake")
             return 200, cluster.list_replicasets(request.query.get("labelSelector", [""])[0])
+        if request.verb == "create":
+            return cluster.create(request.body)
+        if name in cluster.created:
+            if request.verb == "delete":
+                cluster.created.pop(name)
+                return 200, _status(200, "Success", "") | {"status": "Success"}
+            return (200, cluster.read_created(name)) if request.verb == "get" else \
+                (405, _status(405, "MethodNotAllowed", "not served by this fake"))
         if name != cluster.deployment["metadata"]["name"]:
             return 404, _status(404, "NotFound", f'deployments.apps "{name}" not found')
         if request.verb == "get":
@@ -450,6 +487,9 @@ class _ApiHandler(_Handler):
         self._handle()
 
     def do_PUT(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
         self._handle()
 
     def do_DELETE(self) -> None:

@@ -37,6 +37,8 @@ class DeployResult(Result):
     url: str | None
     detail: str
     smoke: dict[str, Any] | None = None
+    #: "canary" | "shadow" when the version was started beside the champion (deploy.strategy), None otherwise
+    rollout: str | None = None
 
     @property
     def ok(self) -> bool:

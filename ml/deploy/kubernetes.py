@@ -222,12 +222,12 @@ def apps_api() -> AppsV1Api:
     return client.AppsV1Api()
 
 
-def _api_error(exc: Exception) -> str:
+def api_error(exc: Exception) -> str:
     status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
     return f"{status} {reason}" if status else f"{type(exc).__name__}: {exc}"
 
 
-def _api_exceptions() -> tuple[type[BaseException], ...]:
+def api_exceptions() -> tuple[type[BaseException], ...]:
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -242,8 +242,8 @@ def wait_for_rollout(api: AppsV1Api, target: KubernetesTarget, *, clock: Callabl
     while True:
         try:
             deployment = api.read_namespaced_deployment(target.deployment, target.namespace)
-        except _api_exceptions() as exc:  # transient API trouble: keep polling until the deadline
-            state = RolloutState(False, False, f"reading {target.ref} failed: {_api_error(exc)}")
+        except api_exceptions() as exc:  # transient API trouble: keep polling until the deadline
+            state = RolloutState(False, False, f"reading {target.ref} failed: {api_error(exc)}")
         else:
             state = rollout_state(deployment)
             if not state.done and not state.failed and (extra := _conditions(deployment)):
@@ -260,13 +260,13 @@ def wait_for_rollout(api: AppsV1Api, target: KubernetesTarget, *, clock: Callabl
         sleep(min(target.poll_interval_s, remaining))
 
 
-def _read(api: AppsV1Api, target: KubernetesTarget) -> V1Deployment:
+def read_deployment(api: AppsV1Api, target: KubernetesTarget) -> V1Deployment:
     try:
         return api.read_namespaced_deployment(target.deployment, target.namespace)
-    except _api_exceptions() as exc:
+    except api_exceptions() as exc:
         hint = " (apply deploy/k8s first)" if getattr(exc, "status", None) == 404 else \
             " (the deployer's Role needs get/patch on deployments)" if getattr(exc, "status", None) == 403 else ""
-        raise DeployError(f"cannot read Deployment {target.ref}: {_api_error(exc)}{hint}") from None
+        raise DeployError(f"cannot read Deployment {target.ref}: {api_error(exc)}{hint}") from None
 
 
 def deploy_kubernetes(model_name: str, version: str, sha256: str, target: KubernetesTarget, *, smoke: SmokeCheck,
@@ -275,7 +275,7 @@ def deploy_kubernetes(model_name: str, version: str, sha256: str, target: Kubern
     """Roll the serving Deployment to `version`; smoke-test; restore the previous template on failure."""
     api = api or apps_api()
     version = str(version)
-    current = _read(api, target)
+    current = read_deployment(api, target)
     if find_container(current.spec.template, target.container) is None:
         names = [c.name for c in current.spec.template.spec.containers or []]
         raise DeployError(f"Deployment {target.ref} has no container '{target.container}' (it has {names}); "
@@ -302,8 +302,8 @@ def deploy_kubernetes(model_name: str, version: str, sha256: str, target: Kubern
         api.patch_namespaced_deployment(target.deployment, target.namespace,
                                         model_patch(target.container, model_name, version, sha256),
                                         field_manager=FIELD_MANAGER, _content_type=STRATEGIC_MERGE_PATCH)
-    except _api_exceptions() as exc:
-        raise DeployError(f"patching Deployment {target.ref} failed: {_api_error(exc)}; nothing was changed") from None
+    except api_exceptions() as exc:
+        raise DeployError(f"patching Deployment {target.ref} failed: {api_error(exc)}; nothing was changed") from None
     state = wait_for_rollout(api, target, clock=clock, sleep=sleep)
     check = smoke(target.url, version, sha256) if state.done else None
     if check is not None and check.passed:
@@ -326,7 +326,7 @@ def _roll_back(api: AppsV1Api, target: KubernetesTarget, model_name: str, versio
         return DeployResult("kubernetes", version, before.version, "failed", False, None, detail, smoke_dict)
 
     try:
-        current = _read(api, target)
+        current = read_deployment(api, target)
     except DeployError as exc:
         return failed(f"v{version} failed ({failure}) and the rollback could not start: {exc}")
     new_uri = f"models:/{model_name}/{version}"
@@ -336,9 +336,9 @@ def _roll_back(api: AppsV1Api, target: KubernetesTarget, model_name: str, versio
     else:
         try:
             replica_sets = api.list_namespaced_replica_set(target.namespace, label_selector=_selector(current))
-        except _api_exceptions() as exc:
+        except api_exceptions() as exc:
             return failed(f"v{version} failed ({failure}); listing ReplicaSets to find the previous revision "
-                          f"failed: {_api_error(exc)} (the deployer's Role needs list on replicasets)")
+                          f"failed: {api_error(exc)} (the deployer's Role needs list on replicasets)")
         found = previous_template(replica_sets, current, target.container, new_uri)
         if found is not None:
             template, revision, model = found
@@ -354,8 +354,8 @@ def _roll_back(api: AppsV1Api, target: KubernetesTarget, model_name: str, versio
     try:
         api.patch_namespaced_deployment(target.deployment, target.namespace, body,
                                         field_manager=FIELD_MANAGER, _content_type=JSON_PATCH)
-    except _api_exceptions() as exc:
-        return failed(f"v{version} failed ({failure}) and restoring {restored.label()} failed: {_api_error(exc)}")
+    except api_exceptions() as exc:
+        return failed(f"v{version} failed ({failure}) and restoring {restored.label()} failed: {api_error(exc)}")
     state = wait_for_rollout(api, target, clock=clock, sleep=sleep)
     if not state.done:
         return failed(f"v{version} failed ({failure}) and the rollback to {restored.label()} did not complete: "

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,15 +239,16 @@ def reconcile(model_name: str) -> ServerState | None:
 
 
 def start_server(model_name: str, version: str, model_path: Path, sha256: str, host: str, port: int,
-                 timeout_s: float) -> ServerState:
-    """Start `python -m ml.serving` detached and wait for /ready; raises RuntimeError on failure."""
+                 timeout_s: float, extra_args: Sequence[str] = ()) -> ServerState:
+    """Start `python -m ml.serving` detached and wait for /ready; raises RuntimeError on failure.
+    `extra_args`: more server flags (a shadow or canary model, ml.deploy.canary)."""
     folder = serving_dir(model_name)
     folder.mkdir(parents=True, exist_ok=True)
     repo_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "ml.serving", "--model-uri", str(model_path), "--expected-sha256", sha256,
            "--model-version", str(version), "--host", host, "--port", str(port),
-           "--prediction-log-dir", str(folder / "predictions")]
+           "--prediction-log-dir", str(folder / "predictions"), *extra_args]
     log_file = (folder / "server.log").open("ab")
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env=env, start_new_session=True, close_fds=True)
@@ -287,9 +289,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _start_and_check(model_name: str, version: str, model_path: Path, sha256: str, host: str, port: int,
-                     timeout_s: float, smoke: SmokeCheck) -> tuple[ServerState | None, SmokeResult]:
+                     timeout_s: float, smoke: SmokeCheck,
+                     extra_args: Sequence[str] = ()) -> tuple[ServerState | None, SmokeResult]:
     try:
-        state = start_server(model_name, version, model_path, sha256, host, port, timeout_s)
+        state = start_server(model_name, version, model_path, sha256, host, port, timeout_s, extra_args)
     except RuntimeError as exc:
         return None, SmokeResult(False, str(exc))
     result = smoke(state.url, version, sha256)
@@ -322,14 +325,16 @@ def _in_tree(pid: int | None, root: int) -> bool:
 
 
 def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *, host: str, port: int,
-                 timeout_s: float, smoke: SmokeCheck) -> DeployResult:
+                 timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str] = ()) -> DeployResult:
     """Serve `version` on host:port; roll back to the previous server if it fails the smoke test. Holds the
-    model's lock (ml.locks) and starts from what really serves (`reconcile`)."""
+    model's lock (ml.locks) and starts from what really serves (`reconcile`). `extra_args` (a shadow or canary
+    beside it) always restart the server; the previous one is restored alone."""
     from ml.locks import model_lock
 
     with model_lock(model_name, run_key=f"deploy v{version}", what=f"the local deploy of v{version}"):
         previous = reconcile(model_name)
-        if previous is not None and previous.version == str(version) and previous.sha256 == sha256:
+        if previous is not None and previous.version == str(version) and previous.sha256 == sha256 \
+                and not extra_args:
             result = smoke(previous.url, version, sha256)
             if result.passed:
                 return DeployResult("local", str(version), previous.version, "unchanged", False, previous.url,
@@ -339,16 +344,18 @@ def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *
             return DeployResult("local", str(version), previous.version if previous else None, "failed", False,
                                 previous.url if previous else None, foreign, None)
         return _replace(model_name, previous, str(version), model_path, sha256, host=host, port=port,
-                        timeout_s=timeout_s, smoke=smoke)
+                        timeout_s=timeout_s, smoke=smoke, extra_args=extra_args)
 
 
 def _replace(model_name: str, previous: ServerState | None, version: str, model_path: Path, sha256: str, *,
-             host: str, port: int, timeout_s: float, smoke: SmokeCheck) -> DeployResult:
+             host: str, port: int, timeout_s: float, smoke: SmokeCheck,
+             extra_args: Sequence[str] = ()) -> DeployResult:
     """Stop `previous`, start `version`, smoke-test it; restart `previous` when the new one fails."""
     if previous is not None:
         stop_server(model_name, previous)
     log.info("deploying %s v%s on %s:%s", model_name, version, host, port)
-    state, result = _start_and_check(model_name, version, model_path, sha256, host, port, timeout_s, smoke)
+    state, result = _start_and_check(model_name, version, model_path, sha256, host, port, timeout_s, smoke,
+                                     extra_args)
     if state is not None:
         _write_state(model_name, replace(state, status="serving"))
         return DeployResult("local", version, previous.version if previous else None, "deployed", False,

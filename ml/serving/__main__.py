@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ml.serving.app import SUPERVISOR_ENV, configure_logging, create_app
-from ml.serving.model import ModelLoadError, resolve_model
+from ml.serving.model import ModelLoadError, Scorer, resolve_model
 from ml.serving.settings import Settings, SettingsError
+from ml.serving.variants import verify_variants
 
 log = logging.getLogger("ml.serving")
 
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         loaded = resolve_model(settings)
+        verify_variants(settings, Scorer(loaded.model, loaded.version))
     except ModelLoadError as exc:
         log.error("%s", exc)
         return EXIT_MODEL_REFUSED

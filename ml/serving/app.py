@@ -36,6 +36,7 @@ from ml.predlog import TRAFFIC_HEADER, PredictionLogWriter, feedback_ids
 from ml.serving.metrics import Metrics
 from ml.serving.model import LoadedModel, ModelLoadError, RequestError, Scorer, resolve_model
 from ml.serving.settings import Settings
+from ml.serving.variants import Variants
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -77,6 +78,8 @@ class ServingService:
         self.metrics = Metrics(
             model_info={"name": self.model_name, "version": loaded.version, "sha256": loaded.sha256},
             live=self._live_metrics)
+        #: a shadow and/or canary model (CT_SHADOW_* / CT_CANARY_*); None keeps the handlers' plain path
+        self.variants = Variants.from_settings(settings, self.scorer, self.writer, self.metrics)
         self.ready = False
         self.state = "starting"
         #: prediction ids that have a feedback label (seeded from the log at start): a second label is a 409
@@ -136,6 +139,8 @@ class ServingService:
         if self.writer is not None:
             self.writer.start()
             self.labelled = feedback_ids(self.writer.root)
+        if self.variants is not None:
+            self.variants.start()
         self.metrics.start()
         if self.settings.follow_s:
             self._follow_thread = threading.Thread(target=self._follow, name="model-follow", daemon=True)
@@ -153,6 +158,8 @@ class ServingService:
         self._follow_stop.set()
         if self._follow_thread is not None:
             self._follow_thread.join(10)
+        if self.variants is not None:
+            self.variants.stop()  # the shadow's queued lines go to the log before it closes
         if self.writer is not None:
             self.writer.close()
         self.metrics.stop()
@@ -243,6 +250,8 @@ class ServingService:
         record = self._json(body)
         scorer = self.scorer
         unseen = scorer.check_record(record)
+        if self.variants is not None:
+            return 200, self._encode(self.variants.serve(scorer, [record], TRAFFIC.get())[0])
         timestamp, out = scorer.predict([record], None if unseen is None else [unseen])
         self._record(scorer.model_version, timestamp, [record], out)
         return 200, self._encode(out[0])
@@ -272,6 +281,9 @@ class ServingService:
                     break
         if problems:
             raise RequestError(422, "; ".join(problems))
+        if self.variants is not None:
+            out = self.variants.serve(scorer, records, TRAFFIC.get())
+            return 200, self._encode({"model_version": scorer.model_version, "predictions": out})
         timestamp, out = scorer.predict(records, unseen if any(unseen) else None)
         self._record(scorer.model_version, timestamp, records, out)
         return 200, self._encode({"model_version": scorer.model_version, "predictions": out})
@@ -282,10 +294,10 @@ class ServingService:
         writer = self.writer
         if writer is None:
             return
-        traffic = TRAFFIC.get()
+        traffic, variant = TRAFFIC.get(), self.settings.variant
         for record, result in zip(records, out, strict=True):
             writer.log_prediction(result["prediction_id"], timestamp, version, record, result["label"],
-                                  result["probabilities"], traffic, result.get("unseen"))
+                                  result["probabilities"], traffic, result.get("unseen"), variant)
 
     def feedback(self, body: bytes) -> tuple[int, bytes]:
         doc = self._json(body)
@@ -579,6 +591,10 @@ def _routes(app: FastAPI, service: ServingService, max_batch: int) -> None:
     @app.get("/model", summary="The model being served")
     async def model() -> dict[str, Any]:
         return service.model_document()
+
+    @app.get("/variants", summary="Canary and shadow: requests, errors, latency per variant (this worker)")
+    async def variants() -> dict[str, Any]:
+        return service.variants.stats() if service.variants is not None else {"variants": {}}
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

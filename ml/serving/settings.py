@@ -57,6 +57,16 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     #: the file the token was read from (passed to worker processes instead of the token)
     api_token_file: Path | None = None
+    #: safe rollout (ml.serving.variants): a challenger scored in shadow, a canary answering a fraction
+    shadow_model_path: Path | None = None
+    shadow_model_sha256: str | None = None
+    shadow_model_version: str | None = None
+    canary_model_path: Path | None = None
+    canary_model_sha256: str | None = None
+    canary_model_version: str | None = None
+    canary_fraction: float = 0.0
+    canary_key: str | None = None
+    variant: str | None = None
 
     @property
     def alias_uri(self) -> str | None:
@@ -103,6 +113,7 @@ class Settings:
             "max_incomplete_event_bytes": self.max_incomplete_event_bytes,
             "unseen_category": self.unseen_category, "api_token_file": self.api_token_file,
             "api_token": None if self.api_token_file else self.api_token,
+            **{k: getattr(self, k) for k in _VARIANT_FIELDS}, "canary_fraction": self.canary_fraction or None,
         }
         return {_FIELDS[k][0]: str(v) for k, v in values.items() if v is not None}
 
@@ -149,7 +160,23 @@ _FIELDS: dict[str, tuple[str, str | None, str]] = {
                   "bearer token /predict, /predict/batch and /feedback require (default: none, no authentication)"),
     "api_token_file": ("CT_API_TOKEN_FILE", "--api-token-file",
                        "file holding the bearer token (a mounted secret); wins over CT_API_TOKEN"),
+    "shadow_model_path": ("CT_SHADOW_MODEL_PATH", "--shadow-model-path",
+                          "a challenger .onnx scored in shadow on every request, after the answer (default: none)"),
+    "shadow_model_sha256": ("CT_SHADOW_MODEL_SHA256", "--shadow-model-sha256", "sha256 the shadow file must have"),
+    "shadow_model_version": ("CT_SHADOW_MODEL_VERSION", "--shadow-model-version", "the shadow model's version"),
+    "canary_model_path": ("CT_CANARY_MODEL_PATH", "--canary-model-path",
+                          "a canary .onnx answering CT_CANARY_FRACTION of the requests (default: none)"),
+    "canary_model_sha256": ("CT_CANARY_MODEL_SHA256", "--canary-model-sha256", "sha256 the canary file must have"),
+    "canary_model_version": ("CT_CANARY_MODEL_VERSION", "--canary-model-version", "the canary's version"),
+    "canary_fraction": ("CT_CANARY_FRACTION", "--canary-fraction",
+                        "share of the requests the canary answers, 0 < f < 1 (with CT_CANARY_MODEL_PATH)"),
+    "canary_key": ("CT_CANARY_KEY", "--canary-key",
+                   "feature whose value routes a request (stable per key); default: the prediction id"),
+    "variant": ("CT_VARIANT", None, "logged as the prediction log's `variant` (a canary Deployment's pods)"),
 }
+#: the optional text/path settings of safe rollout, carried to the workers as they are
+_VARIANT_FIELDS = ("shadow_model_path", "shadow_model_sha256", "shadow_model_version", "canary_model_path",
+                   "canary_model_sha256", "canary_model_version", "canary_key", "variant")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,7 +255,8 @@ def _build(raw: dict[str, object]) -> Settings:
     if unseen not in ("refuse", "mark"):
         raise SettingsError(f"CT_UNSEEN_CATEGORY={unseen!r}: expected refuse or mark")
     token_file, token = _token(raw)
-    settings = replace(settings, unseen_category=unseen, api_token=token, api_token_file=token_file)  # type: ignore[arg-type]
+    settings = replace(settings, unseen_category=unseen, api_token=token, api_token_file=token_file,  # type: ignore[arg-type]
+                       **_variant_settings(raw))
     if settings.follow_s and settings.alias_uri is None:
         raise SettingsError(f"CT_MODEL_FOLLOW_S={settings.follow_s} needs an alias to follow: set "
                             f"CT_MODEL_URI=models:/<name>@<alias> (got {uri!r})")
@@ -250,3 +278,32 @@ def _token(raw: dict[str, object]) -> tuple[Path | None, str | None]:
     if not token:
         raise SettingsError(f"CT_API_TOKEN_FILE={file} is empty: write the token into it")
     return file, token
+
+
+def _variant_settings(raw: dict[str, object]) -> dict[str, object]:
+    """The safe-rollout settings: each model given needs its sha256 (it is verified like the champion)."""
+    out: dict[str, object] = {k: _text(raw, k) for k in _VARIANT_FIELDS}
+    for kind in ("shadow", "canary"):
+        path, sha = out[f"{kind}_model_path"], out[f"{kind}_model_sha256"]
+        env = kind.upper()
+        if path is None:
+            if sha is not None:
+                raise SettingsError(f"CT_{env}_MODEL_SHA256 is set without CT_{env}_MODEL_PATH")
+            continue
+        out[f"{kind}_model_path"] = Path(str(path))
+        if sha is None or not _SHA_RE.match(str(sha).lower()):
+            raise SettingsError(f"CT_{env}_MODEL_PATH needs CT_{env}_MODEL_SHA256 (64 hexadecimal characters), "
+                                f"got {sha!r}")
+        out[f"{kind}_model_sha256"] = str(sha).lower()
+    fraction = _text(raw, "canary_fraction")
+    if fraction is not None:
+        try:
+            out["canary_fraction"] = float(fraction)
+        except ValueError:
+            raise SettingsError(f"CT_CANARY_FRACTION={fraction!r}: expected a number") from None
+    has_canary = out["canary_model_path"] is not None
+    if has_canary and not 0.0 < float(out.get("canary_fraction") or 0.0) < 1.0:
+        raise SettingsError(f"CT_CANARY_FRACTION={fraction!r}: the canary needs a share strictly between 0 and 1")
+    if not has_canary and (fraction is not None or out["canary_key"] is not None):
+        raise SettingsError("CT_CANARY_FRACTION / CT_CANARY_KEY are set without CT_CANARY_MODEL_PATH")
+    return out

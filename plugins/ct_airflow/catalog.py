@@ -194,6 +194,11 @@ class Model:
         return self.config.batch.input_path is not None
 
     @property
+    def rollout_dag_id(self) -> str:
+        """The shadow/canary check DAG: only models whose deploy.strategy is canary or shadow have one."""
+        return f"{self.name}.rollout"
+
+    @property
     def task_timeout(self) -> timedelta:
         return timedelta(seconds=self.config.task_timeout_s)
 

@@ -179,18 +179,24 @@ def _api_calls(path: Path) -> set[str]:
 
 
 def test_deployer_role_grants_exactly_the_calls_the_deployer_makes():
-    calls = _api_calls(REPO / "ml" / "deploy" / "kubernetes.py")
+    calls = _api_calls(REPO / "ml" / "deploy" / "kubernetes.py") | _api_calls(
+        REPO / "ml" / "deploy" / "kubernetes_canary.py")
     verbs = {"read_namespaced_deployment": ("deployments", "get"),
              "patch_namespaced_deployment": ("deployments", "patch"),
-             "list_namespaced_replica_set": ("replicasets", "list")}
+             "list_namespaced_replica_set": ("replicasets", "list"),
+             "create_namespaced_deployment": ("deployments", "create"),
+             "delete_namespaced_deployment": ("deployments", "delete")}
     assert calls == set(verbs), f"the deployer calls {sorted(calls)}: update deploy/k8s/deployer-rbac.yaml"
     role = by_kind("Role", "ct-deployer")
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
     assert granted == set(verbs.values())
     assert all(rule["apiGroups"] == ["apps"] for rule in role["rules"])
-    deployments = next(rule for rule in role["rules"] if rule["resources"] == ["deployments"])
-    assert deployments["resourceNames"] == [load_config(REPO / "configs" / "employee-attrition.yaml")
-                                            .deploy.kubernetes.deployment]
+    serving = load_config(REPO / "configs" / "employee-attrition.yaml").deploy.kubernetes.deployment
+    named = {(v, tuple(rule.get("resourceNames") or ())) for rule in role["rules"]
+             if rule["resources"] == ["deployments"] for v in rule["verbs"]}
+    canary = f"{serving}-canary"
+    assert named == {("get", (serving,)), ("patch", (serving,)), ("get", (canary,)), ("delete", (canary,)),
+                     ("create", ())}
     binding = by_kind("RoleBinding", "ct-deployer")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ct-deployer"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ct-deployer", "namespace": "ml"}]
