@@ -359,7 +359,15 @@ def test_connection_limits_come_from_settings(trained, start_server):
     server = start_server({"CT_MODEL_URI": str(trained.path), "CT_TIMEOUT_KEEP_ALIVE_S": "1"})
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert b"200" in sock.recv(4096).split(b"\r\n")[0]
+        response = b""
+        while b"\r\n\r\n" not in response:  # the head, then the body it announces (may come in pieces)
+            response += sock.recv(4096)
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert b"200" in head.split(b"\r\n")[0]
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(4096)
         started = time.monotonic()
         assert sock.recv(4096) == b""  # the server closed the idle connection
         assert time.monotonic() - started < 5
