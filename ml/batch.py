@@ -239,7 +239,8 @@ def score_batch(config: ModelConfig, input_path: str | None = None, output_path:
                 run_key: str | None = None, model_uri: str | None = None, expected_sha256: str | None = None,
                 log_predictions: bool | None = None, prediction_log: str | None = None) -> BatchResult:
     """Score a dataset with the champion (or `model_uri`), chunk by chunk; see the module docstring."""
-    from ml.predlog import BatchLogFile, served_log
+    from ml.deploy.local import served_log
+    from ml.predlog import BatchLogFile
 
     source = input_path or config.resolve(config.batch.input_path)
     if not source:

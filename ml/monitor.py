@@ -118,9 +118,9 @@ def check_serving(config: ModelConfig, prediction_log: str | None = None, as_of:
                   ) -> MonitorReport:
     """The served champion's error rate and output drift on its logged traffic (module docstring)."""
     from ml.data import label_key
+    from ml.deploy.local import served_log
     from ml.drift.output import champion_output_drift, describe
     from ml.export import OnnxModel, predicted_labels
-    from ml.predlog import served_log
     from ml.registry import CHAMPION, fetch_onnx, version_by_alias
     from ml.tracking import ct_home, mlflow_client
     from ml.train import Holdout

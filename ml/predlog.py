@@ -62,7 +62,6 @@ from ml.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ml.config import ModelConfig
     from ml.data import ReadLimits
 
 log = logging.getLogger(__name__)
@@ -157,19 +156,6 @@ class BatchLogFile:
         if not self._fh.closed:
             self._fh.close()
         self.partial.unlink(missing_ok=True)
-
-
-def served_log(config: ModelConfig, explicit: str | None = None) -> Path:
-    """The prediction log of the model's served traffic: `explicit`, else data.current when it is a prediction
-    log, else the one the local deploy target writes ($CT_HOME/serving/<name>/predictions)."""
-    if explicit:
-        return Path(config.resolve(explicit) or explicit)
-    current = config.current_path
-    if current and is_prediction_log(current):
-        return Path(current.removeprefix("file://"))
-    from ml.tracking import ct_home
-
-    return ct_home() / "serving" / config.name / "predictions"
 
 
 class PredictionLogWriter:

@@ -21,12 +21,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ml.deploy import DeployResult, SmokeCheck
 from ml.deploy.smoke import SmokeResult
 from ml.procs import alive, start_time
 from ml.tracking import ct_home
+
+if TYPE_CHECKING:
+    from ml.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,19 @@ class ServerState:
 
 def serving_dir(model_name: str) -> Path:
     return ct_home() / "serving" / model_name
+
+
+def served_log(config: ModelConfig, explicit: str | None = None) -> Path:
+    """The prediction log of the model's served traffic: `explicit`, else data.current when it is a prediction
+    log, else the one the local deploy target writes ($CT_HOME/serving/<name>/predictions)."""
+    if explicit:
+        return Path(config.resolve(explicit) or explicit)
+    from ml.predlog import is_prediction_log
+
+    current = config.current_path
+    if current and is_prediction_log(current):
+        return Path(current.removeprefix("file://"))
+    return serving_dir(config.name) / "predictions"
 
 
 def read_state(model_name: str) -> ServerState | None:

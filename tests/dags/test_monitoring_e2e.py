@@ -89,7 +89,8 @@ def _wait_flushed(env: dict, labelled: int) -> None:
     import time
 
     from ml.config import load_config
-    from ml.predlog import read_feedback, served_log
+    from ml.deploy.local import served_log
+    from ml.predlog import read_feedback
 
     root = served_log(load_config(env["config"]))
     deadline = time.monotonic() + 10

@@ -67,7 +67,8 @@ def test_csv_and_parquet_score_alike_and_are_logged(champion: dict, tmp_path: Pa
     import pandas as pd
 
     from ml.batch import score_batch
-    from ml.predlog import read_prediction_log, served_log
+    from ml.deploy.local import served_log
+    from ml.predlog import read_prediction_log
 
     frame = _rows(200)
     frame.to_csv(tmp_path / "rows.csv", index=False)
@@ -92,8 +93,8 @@ def test_csv_and_parquet_score_alike_and_are_logged(champion: dict, tmp_path: Pa
 
 def test_bad_input_leaves_nothing_behind(champion: dict, tmp_path: Path) -> None:
     from ml.batch import score_batch
+    from ml.deploy.local import served_log
     from ml.errors import DataError
-    from ml.predlog import served_log
 
     frame = _rows(50).drop(columns=["salary"])
     frame.to_parquet(tmp_path / "bad.parquet", index=False)
