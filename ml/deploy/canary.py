@@ -127,15 +127,14 @@ def _smoke_rows(config: ModelConfig) -> list[dict[str, Any]]:
 
 def _serve_local(config: ModelConfig, champion: str, extra_args: list[str]) -> DeployResult:
     """(Re)start the local server: the champion, plus the variant flags; smoke-tested as the champion."""
-    from ml.deploy.local import deploy_local, read_state, stop_server
+    from ml.deploy.local import deploy_local
     from ml.deploy.rollout import registry_smoke_check
 
     path, sha = _fetch(config, champion)
     check = registry_smoke_check(config, _smoke_rows(config))
-    if not extra_args and (state := read_state(config.name)) is not None:
-        stop_server(config.name, state)  # the same champion without its variant: a restart, not "unchanged"
+    # restart: the same champion without its variant is a restart, not "unchanged"
     return deploy_local(config.name, champion, path, sha, host=config.deploy.host, port=config.deploy.port,
-                        timeout_s=config.deploy.startup_timeout_s, smoke=check, extra_args=extra_args)
+                        timeout_s=config.deploy.startup_timeout_s, smoke=check, extra_args=extra_args, restart=True)
 
 
 def _begin(config: ModelConfig, kind: Literal["canary", "shadow"], version: str,

@@ -169,13 +169,15 @@ def _start_and_check(model_name: str, version: str, model_path: Path, sha256: st
 
 
 def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *, host: str, port: int,
-                 timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str] = ()) -> DeployResult:
+                 timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str] = (),
+                 restart: bool = False) -> DeployResult:
     """Serve `version` on host:port; roll back to the previous server if it fails the smoke test.
-    `extra_args` (a shadow or canary beside it) always restart the server; the previous one is restored alone."""
+    `extra_args` (a shadow or canary beside it) or `restart` always restart the server (the previous one
+    is restored without its extra arguments)."""
     previous = read_state(model_name)
     running = is_serving(previous)
     if running and previous is not None and previous.version == str(version) and previous.sha256 == sha256 \
-            and not extra_args:
+            and not extra_args and not restart:
         result = smoke(previous.url, version, sha256)
         if result.passed:
             return DeployResult("local", str(version), previous.version, "unchanged", False, previous.url,
