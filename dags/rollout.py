@@ -1,7 +1,7 @@
 """Watch a canary or a shadow: evaluate the canary (promote or roll back), compare the shadow, every hour.
 
 One DAG per model whose config sets `deploy.strategy: canary` or `shadow` (`<name>.rollout`). Its one task
-runs `ml.deploy.canary.check_rollout`, the same look as `python -m ml canary evaluate` / `shadow-report`:
+runs `ml.rollout_checks.check_rollout`, the same look as `python -m ml canary evaluate` / `shadow-report`:
 a canary is promoted once the fixed-horizon test on the feedback metric says it is not worse, rolled back
 when it is, or at once when its error rate or latency breaks a bound (README "Safe rollout"); a shadow's
 comparison (agreement, score distances, the metric on the labels) is stored in its MLflow run. With nothing

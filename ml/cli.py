@@ -199,6 +199,7 @@ def _status(config: Any) -> dict[str, Any]:
 
 
 def _rollout_command(config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from ml import rollout_checks
     from ml.deploy import canary
 
     if args.command == "shadow-report":
@@ -214,13 +215,13 @@ def _rollout_command(config: Any, args: argparse.Namespace) -> dict[str, Any]:
     if args.action == "start":
         return canary.start_canary(config, args.version, args.fraction).to_dict()
     if args.action == "evaluate":
-        return canary.evaluate_canary(config, args.current).to_dict()
+        return rollout_checks.evaluate_canary(config, args.current).to_dict()
     if args.action == "watch":
-        return canary.watch_canary(config, args.interval_s, args.timeout_s, args.current).to_dict()
+        return rollout_checks.watch_canary(config, args.interval_s, args.timeout_s, args.current).to_dict()
     if args.action == "status":
         running = canary.read_rollout(config.name)
         return running.to_dict() if running is not None else {"model": config.name, "rollout": None}
-    return canary.end_canary(config, args.action, args.reason).to_dict()
+    return rollout_checks.end_canary(config, args.action, args.reason).to_dict()
 
 
 def _rollback(config: Any, reason: str, version: str | None) -> dict[str, Any]:

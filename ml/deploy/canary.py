@@ -1,7 +1,8 @@
 """Safe rollout on a deploy target: a challenger in shadow, or a canary promoted or rolled back by a test.
 
-`start_shadow` / `stop_shadow` and `start_canary` / `evaluate_canary` / `end_canary` are what `python -m ml
-shadow ...` and `python -m ml canary ...` run. On the `local` target the champion's server is restarted
+`start_shadow` / `stop_shadow` and `start_canary` start and stop one (what the deploy step and `python -m ml
+shadow ...` / `canary start` run); ml.rollout_checks looks at a running one (evaluate, watch, end: promote or
+roll back). On the `local` target the champion's server is restarted
 with the second model beside it (ml.serving.variants: CT_SHADOW_* / CT_CANARY_*), smoke-tested as the
 champion (smoke traffic never meets the canary); on `kubernetes` a canary is a second Deployment behind the
 Service (ml.deploy.kubernetes_canary).
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,6 @@ from ml.errors import DeployError, StateError
 from ml.result import Result
 
 if TYPE_CHECKING:
-    from ml.abtest import CanaryVerdict
     from ml.config import ModelConfig
     from ml.deploy import DeployResult
 
@@ -78,7 +77,7 @@ def read_rollout(name: str) -> Rollout | None:
     return Rollout.from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
-def _save(config: ModelConfig, rollout: Rollout, done: bool = False) -> None:
+def save_rollout(config: ModelConfig, rollout: Rollout, done: bool = False) -> None:
     """Store the rollout document in its MLflow run and (while it runs) in the local state file."""
     from ml.tracking import mlflow_client, open_run
 
@@ -127,15 +126,14 @@ def _smoke_rows(config: ModelConfig) -> list[dict[str, Any]]:
 
 def _serve_local(config: ModelConfig, champion: str, extra_args: list[str]) -> DeployResult:
     """(Re)start the local server: the champion, plus the variant flags; smoke-tested as the champion."""
-    from ml.deploy.local import deploy_local, read_state, stop_server
+    from ml.deploy.local import deploy_local
     from ml.deploy.rollout import registry_smoke_check
 
     path, sha = _fetch(config, champion)
     check = registry_smoke_check(config, _smoke_rows(config))
-    if not extra_args and (state := read_state(config.name)) is not None:
-        stop_server(config.name, state)  # the same champion without its variant: a restart, not "unchanged"
+    # restart: the same champion without its variant is a restart, not "unchanged"
     return deploy_local(config.name, champion, path, sha, host=config.deploy.host, port=config.deploy.port,
-                        timeout_s=config.deploy.startup_timeout_s, smoke=check, extra_args=extra_args)
+                        timeout_s=config.deploy.startup_timeout_s, smoke=check, extra_args=extra_args, restart=True)
 
 
 def _begin(config: ModelConfig, kind: Literal["canary", "shadow"], version: str,
@@ -171,35 +169,35 @@ def start_shadow(config: ModelConfig, version: str) -> Rollout:
         "--shadow-model-path", str(path), "--shadow-model-sha256", rollout.sha256,
         "--shadow-model-version", rollout.version])
     if not deployed.ok:
-        return _finish(config, rollout.step("shadow_start", deployed.detail), "failed", "shadow_stop",
+        return finish_rollout(config, rollout.step("shadow_start", deployed.detail), "failed", "shadow_stop",
                        f"shadow v{version} failed to start: {deployed.detail}")
     rollout = rollout.step("shadow_start", reason, url=deployed.url)
-    _save(config, rollout)
+    save_rollout(config, rollout)
     return rollout
 
 
 def stop_shadow(config: ModelConfig, reason: str = "shadow stopped") -> Rollout:
     """Serve the champion alone again and record the end of the shadow."""
-    rollout = _running(config, SHADOW)
+    rollout = running_rollout(config, SHADOW)
     deployed = _serve_local(config, rollout.champion_version, [])
-    return _finish(config, rollout, "stopped" if deployed.ok else "failed", "shadow_stop",
+    return finish_rollout(config, rollout, "stopped" if deployed.ok else "failed", "shadow_stop",
                    f"{reason}; champion v{rollout.champion_version} serving alone: {deployed.detail}")
 
 
-def _running(config: ModelConfig, kind: str) -> Rollout:
+def running_rollout(config: ModelConfig, kind: str) -> Rollout:
     rollout = read_rollout(config.name)
     if rollout is None or rollout.kind != kind:
         raise StateError(f"no {kind} is running for '{config.name}'")
     return rollout
 
 
-def _finish(config: ModelConfig, rollout: Rollout, status: str, kind: str, reason: str) -> Rollout:
+def finish_rollout(config: ModelConfig, rollout: Rollout, status: str, kind: str, reason: str) -> Rollout:
     from ml.registry import clear_alias
     from ml.tracking import mlflow_client
 
     clear_alias(mlflow_client(), config.name, rollout.kind, reason=reason, kind=kind)
     done = replace(rollout.step(kind, reason), status=status)
-    _save(config, done, done=True)
+    save_rollout(config, done, done=True)
     log.info("%s of %s v%s: %s (%s)", rollout.kind, config.name, rollout.version, status, reason)
     return done
 
@@ -220,10 +218,10 @@ def start_canary(config: ModelConfig, version: str, fraction: float | None = Non
     move_alias(mlflow_client(), config.name, CANARY, rollout.version, reason=reason, kind="canary_start")
     deployed = _start_canary_target(config, rollout)
     if not deployed.ok:
-        return _finish(config, rollout.step("canary_start", deployed.detail), "failed", "canary_rollback",
+        return finish_rollout(config, rollout.step("canary_start", deployed.detail), "failed", "canary_rollback",
                        f"canary v{version} failed to start: {deployed.detail}")
     rollout = rollout.step("canary_start", reason, url=deployed.url, fraction=fraction)
-    _save(config, rollout)
+    save_rollout(config, rollout)
     return rollout
 
 
@@ -240,101 +238,10 @@ def _start_canary_target(config: ModelConfig, rollout: Rollout) -> DeployResult:
     return _serve_local(config, rollout.champion_version, args + (["--canary-key", rollout.key] if rollout.key else []))
 
 
-def canary_guardrails(url: str | None) -> dict[str, Any]:
-    """The canary's requests, errors, error rate and latency from the server's GET /variants."""
-    if not url:
-        return {}
-    try:
-        with urllib.request.urlopen(f"{url}/variants", timeout=5) as response:
-            doc = json.loads(response.read())
-    except OSError as exc:
-        log.warning("cannot read %s/variants: %s (guardrails not judged this time)", url, exc)
-        return {}
-    return (doc.get("variants") or {}).get(CANARY) or {}
-
-
-def evaluate_canary(config: ModelConfig, log_path: str | None = None, act: bool = True) -> CanaryVerdict:
-    """One look: the guardrails and the test on the prediction log; with `act`, promote or roll back."""
-    from ml.abtest import canary_test, judge_canary
-    from ml.deploy.local import serving_dir
-    from ml.shadow import load_log, variant_arms
-
-    rollout = _running(config, CANARY)
-    root = Path(log_path) if log_path else serving_dir(config.name) / "predictions"
-    records, labels = load_log(root, since=rollout.started_at)
-    champion, canary = variant_arms(records, labels, rollout.version)
-    test = canary_test(config.performance.metric, champion, canary, config.deploy.canary, config.model.threshold)
-    url = next((s.get("url") for s in reversed(rollout.steps) if s.get("url")), None)
-    elapsed_h = (datetime.now(UTC) - datetime.fromisoformat(rollout.started_at)).total_seconds() / 3600
-    verdict = judge_canary(test, canary_guardrails(url), config.deploy.canary, elapsed_h)
-    log.info("canary v%s of %s: %s (%s)", rollout.version, config.name, verdict.verdict, verdict.reason)
-    if act and verdict.verdict != "waiting":
-        end_canary(config, verdict.verdict, verdict.reason, verdict.to_dict())
-    return verdict
-
-
-def end_canary(config: ModelConfig, action: Literal["promote", "rollback"], reason: str,
-               result: dict[str, Any] | None = None) -> Rollout:
-    """Promote the canary (serve it alone, champion moves to it) or roll it back (the champion alone)."""
-    from ml.registry import record_step
-    from ml.tracking import mlflow_client
-
-    rollout = _running(config, CANARY)
-    record_step(mlflow_client(), config.name, CANARY, rollout.version, f"{action}: {reason}", "canary_test")
-    rollout = rollout.step("canary_test", reason, verdict=action, result=result)
-    _save(config, rollout)
-    if action == "promote":
-        from ml.pipeline import deploy_version
-
-        # the champion's own target takes the canary's version (locally: the server restarts serving it alone),
-        # then the canary Deployment goes (Kubernetes)
-        record, deployed = deploy_version(config, rollout.version,
-                                          reason=f"canary v{rollout.version} promoted: {reason}")
-        removed = _remove_canary_target(config, rollout) if config.deploy.target == "kubernetes" else ""
-        status = "promoted" if deployed.ok else "failed"
-        detail = f"champion -> v{rollout.version} (run {record.run_key}): {deployed.detail} {removed}".strip()
-        return _finish(config, rollout, status, "canary_promote" if deployed.ok else "canary_rollback", detail)
-    deployed = _remove_canary_target(config, rollout)
-    return _finish(config, rollout, "rolled_back", "canary_rollback",
-                   f"{reason}; champion v{rollout.champion_version} serving alone: {deployed}")
-
-
-def _remove_canary_target(config: ModelConfig, rollout: Rollout) -> str:
+def remove_canary_target(config: ModelConfig, rollout: Rollout) -> str:
     if config.deploy.target == "kubernetes":
         from ml.deploy.kubernetes import KubernetesTarget
         from ml.deploy.kubernetes_canary import delete_canary
 
         return delete_canary(KubernetesTarget.from_config(config))
     return _serve_local(config, rollout.champion_version, []).detail
-
-
-def watch_canary(config: ModelConfig, interval_s: float = 30.0, timeout_s: float | None = None,
-                 log_path: str | None = None) -> CanaryVerdict:
-    """Look every `interval_s` until the canary is promoted or rolled back (or `timeout_s` passes: waiting)."""
-    import time
-
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    while True:
-        verdict = evaluate_canary(config, log_path)
-        if verdict.verdict != "waiting" or (deadline is not None and time.monotonic() >= deadline):
-            return verdict
-        time.sleep(interval_s)
-
-
-def check_rollout(config: ModelConfig) -> dict[str, Any]:
-    """The rollout DAG's look: a canary is evaluated (and promoted or rolled back once decided); a shadow is
-    compared (the report is stored in the shadow's MLflow run as `shadow_report.json`). Nothing running: said so."""
-    from ml.shadow import compare_shadow
-    from ml.tracking import mlflow_client, open_run
-
-    running = read_rollout(config.name)
-    if running is None:
-        return {"model": config.name, "kind": None, "detail": "no canary or shadow is running"}
-    if running.kind == CANARY:
-        verdict = evaluate_canary(config)
-        return {"model": config.name, "kind": CANARY, "version": running.version, **verdict.summary(),
-                "test": verdict.test.to_dict()}
-    report = compare_shadow(config, since=running.started_at)
-    run_id = open_run(config, running.run_key, tags={"ct.rollout": running.kind}).mlflow_run_id
-    mlflow_client().log_dict(run_id, report.to_dict(), "shadow_report.json")
-    return {"model": config.name, "kind": SHADOW, "version": running.version, **report.summary()}

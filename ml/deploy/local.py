@@ -341,16 +341,18 @@ def _in_tree(pid: int | None, root: int) -> bool:
 
 
 def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *, host: str, port: int,
-                 timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str] = ()) -> DeployResult:
+                 timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str] = (),
+                 restart: bool = False) -> DeployResult:
     """Serve `version` on host:port; roll back to the previous server if it fails the smoke test. Holds the
     model's lock (ml.locks) and starts from what really serves (`reconcile`). `extra_args` (a shadow or canary
-    beside it) always restart the server; the previous one is restored alone."""
+    beside it) or `restart` always restart the server (the previous one is restored without its extra
+    arguments)."""
     from ml.locks import model_lock
 
     with model_lock(model_name, run_key=f"deploy v{version}", what=f"the local deploy of v{version}"):
         previous = reconcile(model_name)
         if previous is not None and previous.version == str(version) and previous.sha256 == sha256 \
-                and not extra_args:
+                and not extra_args and not restart:
             result = smoke(previous.url, version, sha256)
             if result.passed:
                 return DeployResult("local", str(version), previous.version, "unchanged", False, previous.url,

@@ -1,4 +1,4 @@
-"""The rollout DAG's operator: one look at the model's running canary or shadow (ml.deploy.canary.check_rollout)."""
+"""The rollout DAG's operator: one look at the model's running canary or shadow (ml.rollout_checks.check_rollout)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class RolloutCheckOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from ml.config import load_config
-        from ml.deploy.canary import check_rollout
+        from ml.rollout_checks import check_rollout
 
         try:
             result = check_rollout(load_config(self.config_path))

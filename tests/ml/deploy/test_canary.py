@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ml import rollout_checks
 from ml.config import load_config
 from ml.data import label_key
 from ml.deploy import canary
@@ -100,7 +101,7 @@ def test_shadow_scores_every_request_and_the_report_compares_them(versions):
     assert report.shadow_version == v["good"] and report.champion_versions == [v["weak"]]
     assert 0.0 < report.agreement < 1.0 and report.score_ks_p_value is not None
     assert report.shadow_metric > report.champion_metric and report.interval[0] > 0
-    looked = canary.check_rollout(config)  # what the rollout DAG's task does
+    looked = rollout_checks.check_rollout(config)  # what the rollout DAG's task does
     assert (looked["kind"], looked["rows"], looked["labelled"]) == ("shadow", 400, 400)
     stopped = canary.stop_shadow(config)
     assert stopped.status == "stopped" and canary.read_rollout(config.name) is None
@@ -134,7 +135,8 @@ def _canary_round(config, version: str, rows: pd.DataFrame):
         variants = client.get(f"{url}/variants").json()["variants"]
     served = {a["model_version"] for a in answers}
     assert variants["canary"]["version"] == version and variants["canary"]["errors"] == 0
-    return served, _wait_for(lambda: canary.evaluate_canary(config, act=False), lambda r: r.verdict != "waiting")
+    return served, _wait_for(lambda: rollout_checks.evaluate_canary(config, act=False),
+                             lambda r: r.verdict != "waiting")
 
 
 def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(versions):
@@ -142,14 +144,14 @@ def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(versions):
     assert deploy_version(config, v["weak"])[1].ok
     rows = pd.read_csv(TRAFFIC)
     waiting = canary.start_canary(config, v["bad"])
-    assert canary.evaluate_canary(config).verdict == "waiting"  # no labels yet
-    canary.end_canary(config, "rollback", "restart the round")
+    assert rollout_checks.evaluate_canary(config).verdict == "waiting"  # no labels yet
+    rollout_checks.end_canary(config, "rollback", "restart the round")
     assert waiting.fraction == 0.5
 
     served, verdict = _canary_round(config, v["bad"], rows.iloc[:600])
     assert served == {v["weak"], v["bad"]}
     assert verdict.verdict == "rollback" and verdict.test.difference < 0, verdict.reason
-    rolled = canary.evaluate_canary(config)
+    rolled = rollout_checks.evaluate_canary(config)
     assert rolled.verdict == "rollback"
     assert canary.read_rollout(config.name) is None
     assert httpx.get(f"{read_state(config.name).url}/variants").json() == {"variants": {}}
@@ -157,7 +159,7 @@ def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(versions):
 
     served, verdict = _canary_round(config, v["good"], rows.iloc[600:1200])
     assert verdict.verdict == "promote" and verdict.test.interval[0] > 0, verdict.reason
-    promoted = canary.evaluate_canary(config)
+    promoted = rollout_checks.evaluate_canary(config)
     assert promoted.verdict == "promote"
     assert str(version_by_alias(mlflow_client(), config.name, CHAMPION).version) == v["good"]
     assert httpx.get(f"{read_state(config.name).url}/ready").json()["model_version"] == v["good"]

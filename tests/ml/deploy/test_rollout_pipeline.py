@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 
+from ml import rollout_checks
 from ml.config import load_config
 from ml.deploy import canary
 from ml.deploy.local import read_state
@@ -30,7 +31,7 @@ def test_a_retrained_version_starts_as_a_canary_and_champion_waits(ct_home, tmp_
     assert running is not None and (running.kind, running.version, running.fraction) == ("canary", "2", 0.3)
     stats = httpx.get(f"{read_state(config.name).url}/variants").json()
     assert stats["canary_fraction"] == 0.3 and stats["variants"]["canary"]["version"] == "2"
-    done = canary.end_canary(config, "rollback", "operator: not this week")
+    done = rollout_checks.end_canary(config, "rollback", "operator: not this week")
     assert done.status == "rolled_back" and version_by_alias(client, config.name, "canary") is None
     kinds = [(e["alias"], e["kind"], e["version"]) for e in alias_log(client, config.name)]
     assert kinds[-3:] == [("canary", "canary_start", "2"), ("canary", "canary_test", "2"),
