@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: what a local model server is not handed from the environment of the process that starts it
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                      "MLFLOW_TRACKING_CLIENT_CERT_PATH", "DATABRICKS_TOKEN")
+
 @dataclass(frozen=True)
 class ServerState:
     """A local model server: what it serves and which process it is (pid + kernel start time)."""
@@ -261,7 +265,9 @@ def start_server(model_name: str, version: str, model_path: Path, sha256: str, h
     folder = serving_dir(model_name)
     folder.mkdir(parents=True, exist_ok=True)
     repo_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    # the server gets the sha256-verified file, never the worker's MLflow login (least privilege)
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_CREDENTIALS}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "ml.serving", "--model-uri", str(model_path), "--expected-sha256", sha256,
            "--model-version", str(version), "--host", host, "--port", str(port),
            "--prediction-log-dir", str(folder / "predictions"), *extra_args]

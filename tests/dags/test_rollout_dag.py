@@ -16,7 +16,8 @@ def test_only_a_canary_or_shadow_model_has_a_rollout_dag_and_it_runs(tmp_path, a
         write_config(folder / "tmp", name=stem, deploy={"strategy": strategy}).rename(folder / f"{stem}.yaml")
     dags = bag(folder, monkeypatch)
     assert not dags.import_errors, dags.import_errors
-    assert set(dags.dag_ids) == {"plain.retrain", "plain.rollback", "can.retrain", "can.rollback", "can.rollout"}
+    assert set(dags.dag_ids) == {"plain.retrain", "plain.rollback", "plain.monitor", "can.retrain", "can.rollback",
+                                 "can.monitor", "can.rollout"}
     dag = dags.get_dag("can.rollout")
     assert dag.max_active_runs == 1 and "model:can" in dag.tags and dag.timetable.expression == "0 * * * *"
     task = dag.get_task("check_rollout")

@@ -166,3 +166,19 @@ def test_a_multi_worker_server_is_replaced_not_taken_for_a_foreign_one(models, c
     second = _deploy(models, "2", port)
     assert second.status == "deployed", second.detail
     assert [s.version for s in find_servers("m")] == ["2"] and ready_version(port) == "2"
+
+
+def test_the_server_is_not_handed_the_workers_mlflow_login(models, ct_home, monkeypatch):
+    from pathlib import Path
+
+    config, paths, records = models
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-of-the-worker")
+    port = free_port()
+    done = deploy_local("m", "1", *paths["1"], host="127.0.0.1", port=port, timeout_s=60,
+                        smoke=lambda url, version, sha: smoke_test(url, records, version, sha))
+    assert done.status == "deployed"
+    environ = Path(f"/proc/{read_state('m').pid}/environ").read_bytes().split(b"\0")
+    assert not [e for e in environ if e.startswith((b"MLFLOW_TRACKING_USERNAME=", b"MLFLOW_TRACKING_PASSWORD="))]
+    assert any(e.startswith(b"PYTHONPATH=") for e in environ)
+    assert stop_server("m")
