@@ -108,7 +108,15 @@ class Workspace:
              "--port", str(self.mlflow_port), "--workers", "1"],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        wait_for("the MLflow server to answer", lambda: _answers(f"{self.tracking_uri}/health"), 120, 0.2)
+        server = self.mlflow
+
+        def up() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"mlflow server exited {server.returncode}:\n"
+                                   + (self.root / "mlflow.log").read_text(errors="replace")[-3000:])
+            return _answers(f"{self.tracking_uri}/health")
+
+        wait_for("the MLflow server to answer", up, 300, 0.2)
 
     def kill_mlflow(self) -> None:
         if self.mlflow is not None and self.mlflow.poll() is None:
@@ -375,8 +383,8 @@ def supervisor_killed(ws: Workspace) -> Outcome:
     ws.stop_servers()
     code, _, err = finish(ws.ml("run", CT_WORKERS="2"))  # the run restores the champion, with 2 workers
     state = read_state(model_name(ws))
-    if state is None:
-        raise RuntimeError(f"no server to kill after the restore run ({code}): {error_line(err)}")
+    if state is None or not psutil.pid_exists(state.pid):
+        raise RuntimeError(f"no server to kill after the restore run (exit {code}, state {state}):\n{err[-3000:]}")
     workers = psutil.Process(state.pid).children()
     os.kill(state.pid, signal.SIGKILL)
     killed = time.monotonic()
