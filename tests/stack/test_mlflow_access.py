@@ -216,3 +216,28 @@ def test_make_stack_makes_the_same_login(server, as_user, tmp_path):
     ok = httpx.get(f"{server}/api/2.0/mlflow/registered-models/get", params={"name": "native-model"},
                    auth=(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]), timeout=10)
     assert ok.status_code == 200
+
+
+def test_the_compose_job_command_makes_the_login(server, tmp_path):
+    """`python -m stack mlflow-init` exactly as docker-compose.yaml's mlflow-init runs it (its environment)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import write_config
+
+    folder = tmp_path / "configs"
+    write_config(folder, name="compose-model")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "MLFLOW_TRACKING_USERNAME": ADMIN,
+           "MLFLOW_TRACKING_PASSWORD": ADMIN_PW, "MLFLOW_SERVING_USER": "compose-reader",
+           "MLFLOW_SERVING_PASSWORD": READER_PW, "CT_MODEL_NAME": "compose-served", "CT_CONFIG_DIR": str(folder),
+           "CT_HOME": str(tmp_path / "ct")}
+    done = subprocess.run([sys.executable, "-m", "stack", "mlflow-init"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) | {"experiments": None} == {
+        "username": "compose-reader", "permission": "READ", "registered_models": ["compose-model", "compose-served"],
+        "experiments": None}
+    refused = subprocess.run([sys.executable, "-m", "stack", "mlflow-init"], capture_output=True, text=True,
+                             env={**env, "MLFLOW_SERVING_USER": ADMIN}, cwd=REPO, timeout=300)
+    assert refused.returncode == 1 and "the serving user must be its own login" in refused.stderr
