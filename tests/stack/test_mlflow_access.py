@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +21,8 @@ import pytest
 
 from stack.mlflow_access import AccessError, config_model_names, ensure_model_reader, reader_from_environ
 from stack.native import mlflow_auth_ini
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.mlflow_server import mlflow_server
 
 ADMIN, ADMIN_PW = "admin", "admin-" + os.urandom(8).hex()
 READER, READER_PW = "ct-serving", "reader-" + os.urandom(8).hex()
@@ -39,35 +36,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # (seconds each on a loaded 2-core machine). One worker, so a password change invalidates it at once.
     (root / "basic_auth.ini").write_text(mlflow_auth_ini(f"sqlite:///{root / 'auth.db'}", ADMIN)
                                          + "auth_cache_ttl_seconds = 600\n")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-           "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
-    with (root / "server.log").open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--serve-artifacts",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-             str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "MLflow did not become healthy in 120 s"
-            time.sleep(0.5)
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
+           "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW, "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
+    with mlflow_server(root, "--app-name", "basic-auth", "--serve-artifacts", env=env) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server's own group: gunicorn/uvicorn and job consumers
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -244,3 +216,28 @@ def test_make_stack_makes_the_same_login(server, as_user, tmp_path):
     ok = httpx.get(f"{server}/api/2.0/mlflow/registered-models/get", params={"name": "native-model"},
                    auth=(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]), timeout=10)
     assert ok.status_code == 200
+
+
+def test_the_compose_job_command_makes_the_login(server, tmp_path):
+    """`python -m stack mlflow-init` exactly as docker-compose.yaml's mlflow-init runs it (its environment)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import write_config
+
+    folder = tmp_path / "configs"
+    write_config(folder, name="compose-model")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "MLFLOW_TRACKING_USERNAME": ADMIN,
+           "MLFLOW_TRACKING_PASSWORD": ADMIN_PW, "MLFLOW_SERVING_USER": "compose-reader",
+           "MLFLOW_SERVING_PASSWORD": READER_PW, "CT_MODEL_NAME": "compose-served", "CT_CONFIG_DIR": str(folder),
+           "CT_HOME": str(tmp_path / "ct")}
+    done = subprocess.run([sys.executable, "-m", "stack", "mlflow-init"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) | {"experiments": None} == {
+        "username": "compose-reader", "permission": "READ", "registered_models": ["compose-model", "compose-served"],
+        "experiments": None}
+    refused = subprocess.run([sys.executable, "-m", "stack", "mlflow-init"], capture_output=True, text=True,
+                             env={**env, "MLFLOW_SERVING_USER": ADMIN}, cwd=REPO, timeout=300)
+    assert refused.returncode == 1 and "the serving user must be its own login" in refused.stderr
