@@ -51,12 +51,17 @@ def lock_dir() -> Path:
     return path
 
 
-def _timeout() -> float:
-    raw = os.environ.get("CT_LOCK_TIMEOUT_S", "")
+def _seconds(name: str, default: float) -> float:
+    """Seconds from the environment variable `name` (unset or empty: `default`)."""
+    raw = os.environ.get(name, "")
     try:
-        return float(raw) if raw else DEFAULT_TIMEOUT_S
+        return float(raw) if raw else default
     except ValueError:
-        raise CTError(f"CT_LOCK_TIMEOUT_S={raw!r}: expected a number of seconds") from None
+        raise CTError(f"{name}={raw!r}: expected a number of seconds") from None
+
+
+def _timeout() -> float:
+    return _seconds("CT_LOCK_TIMEOUT_S", DEFAULT_TIMEOUT_S)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -115,11 +120,7 @@ def _lease_path(model: str) -> Path:
 
 
 def _lease_s() -> float:
-    raw = os.environ.get("CT_RUN_LEASE_S", "")
-    try:
-        return float(raw) if raw else DEFAULT_LEASE_S
-    except ValueError:
-        raise CTError(f"CT_RUN_LEASE_S={raw!r}: expected a number of seconds") from None
+    return _seconds("CT_RUN_LEASE_S", DEFAULT_LEASE_S)
 
 
 def lease_holder(model: str) -> dict[str, Any] | None:

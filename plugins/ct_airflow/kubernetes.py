@@ -23,7 +23,7 @@ Results travel through MLflow (steps/<step>.json of the run), not an XCom sideca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,14 +76,19 @@ class StepPod:
     @classmethod
     def for_step(cls, config: ModelConfig, step: str) -> StepPod:
         default_path = f"{IMAGE_CONFIG_DIR}/{Path(config.source or 'model.yaml').name}"
-        if step == "train":
+        if step in ("train", "batch"):  # batch scoring: the trainer's image, namespace and resources
             k8s = config.training.kubernetes
-            return cls(step=step, component="trainer", connection_id=k8s.connection_id, image=k8s.image,
-                       image_pull_policy=k8s.image_pull_policy, namespace=k8s.namespace,
-                       service_account=k8s.service_account, cpu=k8s.cpu, memory=k8s.memory,
-                       env_secret=k8s.mlflow_secret, config_path=k8s.config_path or default_path,
-                       automount_token=False, tmp_size="4Gi", active_deadline_s=k8s.timeout_s,
-                       startup_timeout_s=k8s.startup_timeout_s, node_selector=dict(k8s.node_selector))
+            pod = cls(step=step, component="trainer", connection_id=k8s.connection_id, image=k8s.image,
+                      image_pull_policy=k8s.image_pull_policy, namespace=k8s.namespace,
+                      service_account=k8s.service_account, cpu=k8s.cpu, memory=k8s.memory,
+                      env_secret=k8s.mlflow_secret, config_path=k8s.config_path or default_path,
+                      automount_token=False, tmp_size="4Gi", active_deadline_s=k8s.timeout_s,
+                      startup_timeout_s=k8s.startup_timeout_s, node_selector=dict(k8s.node_selector))
+            if step == "train":
+                return pod
+            return replace(pod, component="batch-scorer", tmp_size="2Gi",
+                           data_volume=(config.batch.volume_claim, config.batch.mount_path)
+                           if config.batch.volume_claim else None)
         if step == "deploy":
             k8s = config.deploy.kubernetes
             # Two rollouts (forward and back) plus start-up and the model download.
@@ -93,16 +98,6 @@ class StepPod:
                        service_account=k8s.service_account, cpu=k8s.cpu, memory=k8s.memory,
                        env_secret=k8s.mlflow_secret, config_path=k8s.config_path or default_path,
                        automount_token=True, tmp_size="1Gi", active_deadline_s=deadline, startup_timeout_s=600)
-        if step == "batch":  # batch scoring: the trainer's image, namespace and resources (training.kubernetes)
-            k8s = config.training.kubernetes
-            return cls(step=step, component="batch-scorer", connection_id=k8s.connection_id, image=k8s.image,
-                       image_pull_policy=k8s.image_pull_policy, namespace=k8s.namespace,
-                       service_account=k8s.service_account, cpu=k8s.cpu, memory=k8s.memory,
-                       env_secret=k8s.mlflow_secret, config_path=k8s.config_path or default_path,
-                       automount_token=False, tmp_size="2Gi", active_deadline_s=k8s.timeout_s,
-                       startup_timeout_s=k8s.startup_timeout_s, node_selector=dict(k8s.node_selector),
-                       data_volume=(config.batch.volume_claim, config.batch.mount_path)
-                       if config.batch.volume_claim else None)
         raise ValueError(f"no pod for step '{step}': steps run in pods are 'train', 'deploy' and 'batch'")
 
 

@@ -175,7 +175,7 @@ def test_training_pod_runs_python_m_ml_train_and_reports_through_mlflow(trained,
     assert printed["run_key"] == RUN_KEY and printed["model_uri"].startswith("models:/")
     assert summary == {"run_key": RUN_KEY, "mlflow_run_id": ctx.mlflow_run_id,
                        **{k: printed[k] for k in ("model_id", "model_uri", "onnx_sha256", "estimator", "train_rows",
-                                                  "eval_rows", "eval_source", "metrics")}}
+                                                  "eval_rows", "eval_source", "eval_folds", "metrics")}}
     assert summary["metrics"]["roc_auc"] > 0.5
     # The pod trained in its own scratch space; this worker has no local copy of the challenger.
     assert not (ctx.work_dir / "challenger" / "model.onnx").exists()
