@@ -45,10 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Progress bars of artifact downloads would flood task logs and CLI stderr; with a tracking server MLflow
-# also prints "View run ... at: <url>" to stdout, which must stay one JSON document (`python -m ml run`).
+# Progress bars of artifact downloads would flood task logs and CLI stderr. (MLflow's "View run ... at: <url>"
+# lines are kept: the CLI sends everything printed during a command to stderr, ml.cli._json_stdout.)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 #: The MLflow client's HTTP retries and timeouts, set here once (the environment overrides each). MLflow's
 #: defaults (7 retries, backoff factor 2, 120 s timeout) let a step wait over 9 minutes for a dead tracking
