@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install stop-serving clean
+.PHONY: demo test test-all lint install stop-serving clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,8 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	@bin/demo
 
-## The test suite (what CI runs).
+## The test suite (what CI runs): everything but the tests marked slow (the native stack, the fault suite).
 test: $(STAMP)
+	@source bin/env.sh && $(PY) -m pytest -m "not slow"
+
+## Every test, the native stack (real Airflow scheduler, MLflow, PostgreSQL) and the fault suite included.
+test-all: $(STAMP)
 	@source bin/env.sh && $(PY) -m pytest
 
 lint: $(STAMP)

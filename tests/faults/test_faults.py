@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.faults import ERROR_BOUND_S, Outcome, Workspace, bootstrap, check
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

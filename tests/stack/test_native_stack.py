@@ -48,7 +48,7 @@ from stack.native import (
 )
 from tests.conftest import DATA, free_port, write_config
 
-pytestmark = [pytest.mark.stack, pytest.mark.e2e]
+pytestmark = [pytest.mark.stack, pytest.mark.e2e, pytest.mark.slow]
 
 ALPHA, BETA, GAMMA = "alpha", "beta", "gamma"
 GAMMA_SCHEDULE = "*/5 * * * *"
