@@ -281,6 +281,19 @@ def check_config_digest(path: str) -> None:
                           "upload, bake or mount the same file")
 
 
+def _served_model_command(config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """`batch` (score a dataset with the champion) or `monitor` (judge the served model's traffic)."""
+    if args.command == "batch":
+        from ml.batch import score_batch
+
+        return score_batch(config, args.input, args.output, run_key=args.run_key, model_uri=args.model_uri,
+                           expected_sha256=args.expected_sha256,
+                           log_predictions=False if args.no_log else None).to_dict()
+    from ml.monitor import check_serving
+
+    return check_serving(config, prediction_log=args.prediction_log).to_dict()
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from ml.config import load_config
 
@@ -292,20 +305,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rollback":
         _emit(_rollback(config, args.reason, args.version))
         return 0
-    if args.command == "batch":
-        from ml.batch import score_batch
-
-        result = score_batch(config, args.input, args.output, run_key=args.run_key, model_uri=args.model_uri,
-                             expected_sha256=args.expected_sha256, log_predictions=False if args.no_log else None)
-        _emit(result.to_dict())
-        _copy_out(args.out, "batch", result.to_dict(), [])
-        return 0
-    if args.command == "monitor":
-        from ml.monitor import check_serving
-
-        report = check_serving(config, prediction_log=args.prediction_log)
-        _emit(report.to_dict())
-        _copy_out(args.out, "monitor", report.to_dict(), [])
+    if args.command in ("batch", "monitor"):
+        document = _served_model_command(config, args)
+        _emit(document)
+        _copy_out(args.out, args.command, document, [])
         return 0
     if args.command in ("shadow-report", "shadow", "canary"):
         document = _rollout_command(config, args)

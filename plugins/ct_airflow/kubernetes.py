@@ -116,6 +116,20 @@ def _locked_down() -> dict[str, Any]:
     }
 
 
+def _volumes(pod: StepPod) -> dict[str, list[Any]]:
+    """The pod's writable /tmp (an emptyDir: the root file system is read-only) and its data volume, if any."""
+    from kubernetes.client import models as k8s
+
+    volumes = [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=pod.tmp_size))]
+    mounts = [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+    if pod.data_volume:
+        claim, path = pod.data_volume
+        volumes.append(k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=claim)))
+        mounts.append(k8s.V1VolumeMount(name="data", mount_path=path))
+    return {"volumes": volumes, "volume_mounts": mounts}
+
+
 def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run_key: str,
                             config_sha256: str | None, reference_path: str | None = None,
                             current_path: str | None = None, dag_id: str | None = None,
@@ -167,11 +181,7 @@ def build_step_pod_operator(config: ModelConfig, *, step: str, task_id: str, run
             requests={"cpu": pod.cpu, "memory": pod.memory, "ephemeral-storage": "256Mi"},
             limits={"memory": pod.memory}),
         **_locked_down(),
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=pod.tmp_size))]
-        + ([k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=pod.data_volume[0]))] if pod.data_volume else []),
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
-        + ([k8s.V1VolumeMount(name="data", mount_path=pod.data_volume[1])] if pod.data_volume else []),
+        **_volumes(pod),
         node_selector=pod.node_selector or None,
         active_deadline_seconds=pod.active_deadline_s,
         startup_timeout_seconds=pod.startup_timeout_s,
