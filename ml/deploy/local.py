@@ -1,9 +1,13 @@
 """The `local` deploy target: the serving entrypoint as a detached process on 127.0.0.1.
 
-Roll-out follows the same steps as the Kubernetes deployer: stop the serving version, start the new
-one on the configured port, wait until /ready, smoke-test it; on any failure stop it and restart the
-previous version (rolled_back=True). The state (pid, port, version) lives in
-$CT_HOME/serving/<model>/state.json; server output goes to server.log beside it.
+A new version starts beside the serving one, on the same port (Linux: SO_REUSEPORT, ml.serving.handoff),
+while the port's traffic stays pinned on the serving one; it is smoke-tested on a private loopback port,
+then takes every new connection, and the old server stops once it has none waiting: no request fails on
+the way. A version that fails to start or fails its smoke test is stopped, and the serving one never
+stopped answering (rolled_back=True). Where the port cannot be shared (not Linux, or a server started by
+an earlier release without `--reuse-port`) the old server stops first and restarts when the new one
+fails. The state (pid, port, version) lives in $CT_HOME/serving/<model>/state.json, the server being
+started in candidate.json beside it; server output goes to server.log.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ml.deploy import DeployResult, SmokeCheck
 from ml.deploy.smoke import SmokeResult
 from ml.procs import alive, start_time
+from ml.serving import handoff
 from ml.tracking import ct_home
 
 if TYPE_CHECKING:
@@ -52,14 +57,19 @@ class ServerState:
     pid_started: float | None = None
     #: "starting" from the moment the process exists until it passed /ready and its smoke test
     status: Literal["starting", "serving"] = "serving"
+    #: started with `--reuse-port 1`: the next version can start beside it (ml.serving.handoff)
+    handoff: bool = False
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return _url(self.host, self.port)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def serving_dir(model_name: str) -> Path:
@@ -79,8 +89,10 @@ def served_log(config: ModelConfig, explicit: str | None = None) -> Path:
     return serving_dir(config.name) / "predictions"
 
 
-def read_state(model_name: str) -> ServerState | None:
-    path = serving_dir(model_name) / "state.json"
+def read_state(model_name: str, record: Literal["state", "candidate"] = "state") -> ServerState | None:
+    """The recorded server of `model_name` (state.json), or with record="candidate" the one being started
+    beside it (candidate.json)."""
+    path = serving_dir(model_name) / f"{record}.json"
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -92,8 +104,9 @@ def read_state(model_name: str) -> ServerState | None:
     return ServerState(**{k: v for k, v in raw.items() if k in known})
 
 
-def _write_state(model_name: str, state: ServerState | None) -> None:
-    path = serving_dir(model_name) / "state.json"
+def _write_state(model_name: str, state: ServerState | None,
+                 record: Literal["state", "candidate"] = "state") -> None:
+    path = serving_dir(model_name) / f"{record}.json"
     if state is None:
         path.unlink(missing_ok=True)
         return
@@ -127,7 +140,7 @@ def server_of(model_name: str | None, pid: int) -> ServerState | None:
                        host=_flag(cmdline, "--host") or "127.0.0.1", port=int(port) if port.isdigit() else 0,
                        model_path=_flag(cmdline, "--model-uri") or "", sha256=_flag(cmdline, "--expected-sha256") or "",
                        started_at=datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds"),
-                       pid_started=round(created, 2))
+                       pid_started=round(created, 2), handoff=_flag(cmdline, "--reuse-port") == "1")
 
 
 def find_servers(model_name: str) -> list[ServerState]:
@@ -236,13 +249,16 @@ def reconcile(model_name: str) -> ServerState | None:
     """What really serves `model_name`, made the recorded state (call with the model's lock held): the recorded
     server if it is still that process, healthy and was trusted (passed its smoke test); else a server of
     this model found running without a record (recovered, loudly). Every other server of the model (an
-    orphan of a killed deploy, a server that never passed its smoke test) is stopped."""
+    orphan of a killed deploy, a server that never passed its smoke test) is stopped, and the port's
+    traffic is pinned on the one that serves (a deploy killed mid-swap may have left it steered)."""
     recorded = read_state(model_name)
+    candidate = read_state(model_name, "candidate")
     found = find_servers(model_name)
     truth = next((s for s in found if recorded is not None and s.pid == recorded.pid
                   and _same_process(recorded, s) and recorded.status == "serving" and _healthy(s)), None)
     if truth is None:
-        trusted = [s for s in found if _healthy(s) and not (recorded and s.pid == recorded.pid)]
+        untrusted = {state.pid for state in (recorded, candidate) if state is not None}
+        trusted = [s for s in found if _healthy(s) and s.pid not in untrusted]
         truth = trusted[0] if len(trusted) == 1 else None
         if truth is not None:
             log.warning("%s v%s serves at %s (pid %s) without being recorded in state.json (a crash between "
@@ -255,13 +271,28 @@ def reconcile(model_name: str) -> ServerState | None:
                     stray.pid, stray.port)
         stop_server(model_name, stray)
     _write_state(model_name, truth)
+    _write_state(model_name, None, "candidate")
+    if truth is not None:
+        _signal(truth, handoff.PIN_SIGNAL)
     return truth
 
 
+def _signal(state: ServerState, signum: int) -> None:
+    """TAKE_SIGNAL / PIN_SIGNAL to a server started with `--reuse-port 1` (to any other the signal would be
+    fatal, so it is not sent)."""
+    if state.handoff:
+        try:
+            os.kill(state.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def start_server(model_name: str, version: str, model_path: Path, sha256: str, host: str, port: int,
-                 timeout_s: float, extra_args: Sequence[str] = ()) -> ServerState:
+                 timeout_s: float, extra_args: Sequence[str] = (), smoke_port: int | None = None) -> ServerState:
     """Start `python -m ml.serving` detached and wait for /ready; raises RuntimeError on failure.
-    `extra_args`: more server flags (a shadow or canary model, ml.deploy.canary)."""
+    `extra_args`: more server flags (a shadow or canary model, ml.deploy.canary). `smoke_port`: the private
+    loopback port it answers on too (its smoke test while the port's traffic is pinned on another server);
+    /ready is awaited there. The process is recorded in candidate.json until the caller trusts it."""
     folder = serving_dir(model_name)
     folder.mkdir(parents=True, exist_ok=True)
     repo_root = str(Path(__file__).resolve().parents[2])
@@ -271,22 +302,25 @@ def start_server(model_name: str, version: str, model_path: Path, sha256: str, h
     cmd = [sys.executable, "-m", "ml.serving", "--model-uri", str(model_path), "--expected-sha256", sha256,
            "--model-version", str(version), "--host", host, "--port", str(port),
            "--prediction-log-dir", str(folder / "predictions"), *extra_args]
+    cmd += ["--reuse-port", "1"] if handoff.supported() else []
+    cmd += ["--smoke-port", str(smoke_port)] if smoke_port else []
     log_file = (folder / "server.log").open("ab")
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env=env, start_new_session=True, close_fds=True)
     log_file.close()
-    # Recorded before anything trusts it: a deploy killed from here on leaves a state.json naming this process
-    # as "starting", which the next deploy stops (reconcile) instead of losing track of it.
+    # Recorded before anything trusts it: a deploy killed from here on leaves a candidate.json naming this
+    # process, which the next deploy stops (reconcile) instead of losing track of it or trusting it.
     state = ServerState(version=str(version), pid=process.pid, host=host, port=port, model_path=str(model_path),
                         sha256=sha256, started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                        pid_started=start_time(process.pid), status="starting")
-    _write_state(model_name, state)
+                        pid_started=start_time(process.pid), status="starting", handoff=handoff.supported())
+    _write_state(model_name, state, "candidate")
+    ready_url = _url(handoff.smoke_host(host), smoke_port) if smoke_port else state.url
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with code {process.returncode} during start-up; last output:\n"
                                + _tail(folder / "server.log"))
-        if _ready_version(state.url) == str(version):
+        if _ready(ready_url) == (str(version), process.pid):
             return state
         time.sleep(0.1)
     stop_server(model_name, state)
@@ -294,11 +328,12 @@ def start_server(model_name: str, version: str, model_path: Path, sha256: str, h
                        + _tail(folder / "server.log"))
 
 
-def _ready_version(url: str) -> str | None:
-    """The model version /ready reports once the server is ready, else None."""
+def _ready(url: str) -> tuple[str, int] | None:
+    """(model version, server pid) /ready reports once the server is ready, else None."""
     try:
         with urllib.request.urlopen(f"{url}/ready", timeout=1) as response:
-            return str(json.loads(response.read()).get("model_version")) if response.status == 200 else None
+            body = json.loads(response.read())
+            return (str(body.get("model_version")), body.get("server_pid")) if response.status == 200 else None
     except (OSError, ValueError):
         return None
 
@@ -311,15 +346,17 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _start_and_check(model_name: str, version: str, model_path: Path, sha256: str, host: str, port: int,
-                     timeout_s: float, smoke: SmokeCheck,
-                     extra_args: Sequence[str] = ()) -> tuple[ServerState | None, SmokeResult]:
+                     timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str] = (),
+                     smoke_port: int | None = None) -> tuple[ServerState | None, SmokeResult]:
     try:
-        state = start_server(model_name, version, model_path, sha256, host, port, timeout_s, extra_args)
+        state = start_server(model_name, version, model_path, sha256, host, port, timeout_s, extra_args, smoke_port)
     except RuntimeError as exc:
+        _write_state(model_name, None, "candidate")
         return None, SmokeResult(False, str(exc))
-    result = smoke(state.url, version, sha256)
+    result = smoke(_url(handoff.smoke_host(host), smoke_port) if smoke_port else state.url, version, sha256)
     if not result.passed:
         stop_server(model_name, state)
+        _write_state(model_name, None, "candidate")
         return None, result
     return state, result
 
@@ -374,14 +411,106 @@ def deploy_local(model_name: str, version: str, model_path: Path, sha256: str, *
 def _replace(model_name: str, previous: ServerState | None, version: str, model_path: Path, sha256: str, *,
              host: str, port: int, timeout_s: float, smoke: SmokeCheck,
              extra_args: Sequence[str] = ()) -> DeployResult:
-    """Stop `previous`, start `version`, smoke-test it; restart `previous` when the new one fails."""
+    """Serve `version` instead of `previous`: beside it when the port can be shared, else stop and start."""
+    if previous is not None and previous.handoff and handoff.supported() and (previous.host, previous.port) == (
+            host, port):
+        return _swap_beside(model_name, previous, version, model_path, sha256, timeout_s=timeout_s, smoke=smoke,
+                            extra_args=extra_args)
     if previous is not None:
+        log.warning("stopping %s v%s before v%s starts (%s): nothing answers on %s:%s until it is ready",
+                    model_name, previous.version, version,
+                    "it moves to another port" if (previous.host, previous.port) != (host, port)
+                    else "it was started without --reuse-port, by an earlier release" if handoff.supported()
+                    else f"a port cannot be shared on {sys.platform}", host, port)
         stop_server(model_name, previous)
+    return _stop_and_start(model_name, previous, version, model_path, sha256, host=host, port=port,
+                           timeout_s=timeout_s, smoke=smoke, extra_args=extra_args)
+
+
+def _swap_beside(model_name: str, previous: ServerState, version: str, model_path: Path, sha256: str, *,
+                 timeout_s: float, smoke: SmokeCheck, extra_args: Sequence[str]) -> DeployResult:
+    """Start `version` beside `previous` on its port, smoke-test it on a private port, let it take the
+    traffic, then stop `previous`: the port answers throughout (ml.serving.handoff)."""
+    log.info("deploying %s v%s beside v%s on %s", model_name, version, previous.version, previous.url)
+    candidate, result = _start_and_check(model_name, version, model_path, sha256, previous.host, previous.port,
+                                         timeout_s, smoke, extra_args, smoke_port=_free_port(previous.host))
+    if candidate is None:
+        log.error("v%s failed: %s", version, result.detail)
+        return DeployResult("local", version, previous.version, "rolled_back", True, previous.url,
+                            f"v{version} failed ({result.detail}); v{previous.version} kept serving throughout",
+                            result.to_dict())
+    problem = _take_over(model_name, previous, candidate, timeout_s)
+    if problem is not None:
+        stop_server(model_name, candidate)
+        _write_state(model_name, None, "candidate")
+        _signal(previous, handoff.PIN_SIGNAL)
+        return DeployResult("local", version, previous.version, "rolled_back", True, previous.url,
+                            f"v{version} passed its smoke test but could not take over {previous.url} ({problem}); "
+                            f"v{previous.version} kept serving", result.to_dict())
+    _write_state(model_name, replace(candidate, status="serving"))
+    _write_state(model_name, None, "candidate")
+    return DeployResult("local", version, previous.version, "deployed", False, candidate.url,
+                        f"v{version} serving at {candidate.url}, took over from v{previous.version} without a gap: "
+                        f"{result.detail}", result.to_dict())
+
+
+def _take_over(model_name: str, previous: ServerState, candidate: ServerState, timeout_s: float) -> str | None:
+    """Steer the port's new connections to `candidate`, then stop `previous` once none wait in its accept
+    queue, and pin the traffic on `candidate`. None when done, else why the traffic did not move (then
+    `previous` still serves)."""
+    _signal(candidate, handoff.TAKE_SIGNAL)
+    deadline = time.monotonic() + timeout_s
+    while (answer := _ready(candidate.url)) is None or answer[1] != candidate.pid:
+        if time.monotonic() > deadline or not alive(candidate.pid):
+            return f"new connections did not reach it within {timeout_s:.0f}s"
+        time.sleep(0.05)
+    while _accept_queue(previous.pid, previous.port) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop_server(model_name, previous)
+    _signal(candidate, handoff.PIN_SIGNAL)
+    log.info("%s v%s took over %s from v%s", model_name, candidate.version, candidate.url, previous.version)
+    return None
+
+
+def _accept_queue(pid: int, port: int) -> int:
+    """Connections waiting to be accepted by process `pid`'s listening socket(s) on `port` (Linux /proc;
+    0 when it cannot be read)."""
+    try:
+        inodes = {link[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if (link := os.readlink(f"/proc/{pid}/fd/{fd}")).startswith("socket:[")}
+    except OSError:
+        return 0
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for fields_ in (row.split() for row in rows):
+            # sl local_address rem_address st tx_queue:rx_queue ... inode; a listener's rx_queue is its backlog
+            if fields_[3] == "0A" and int(fields_[1].rsplit(":", 1)[1], 16) == port and fields_[9] in inodes:
+                waiting += int(fields_[4].split(":")[1], 16)
+    return waiting
+
+
+def _free_port(host: str) -> int:
+    """A loopback port free now, for a server's smoke test (the server fails to start if it is taken by then)."""
+    smoke = handoff.smoke_host(host)
+    with socket.socket(socket.AF_INET6 if ":" in smoke else socket.AF_INET) as probe:
+        probe.bind((smoke, 0))
+        return int(probe.getsockname()[1])
+
+
+def _stop_and_start(model_name: str, previous: ServerState | None, version: str, model_path: Path, sha256: str,
+                    *, host: str, port: int, timeout_s: float, smoke: SmokeCheck,
+                    extra_args: Sequence[str] = ()) -> DeployResult:
+    """Start `version` (`previous`, already stopped, restarts when it fails)."""
     log.info("deploying %s v%s on %s:%s", model_name, version, host, port)
     state, result = _start_and_check(model_name, version, model_path, sha256, host, port, timeout_s, smoke,
                                      extra_args)
     if state is not None:
         _write_state(model_name, replace(state, status="serving"))
+        _write_state(model_name, None, "candidate")
         return DeployResult("local", version, previous.version if previous else None, "deployed", False,
                             state.url, f"v{version} serving at {state.url}: {result.detail}", result.to_dict())
     log.error("v%s failed its smoke test: %s", version, result.detail)
@@ -393,6 +522,7 @@ def _replace(model_name: str, previous: ServerState | None, version: str, model_
     restored, back = _start_and_check(model_name, previous.version, Path(previous.model_path), previous.sha256,
                                       previous.host, previous.port, timeout_s, smoke)
     _write_state(model_name, replace(restored, status="serving") if restored else None)
+    _write_state(model_name, None, "candidate")
     if restored is None:
         return DeployResult("local", version, previous.version, "failed", False, None,
                             f"v{version} failed ({result.detail}) and restarting v{previous.version} failed too "

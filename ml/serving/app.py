@@ -349,9 +349,11 @@ class ServingService:
                 "classes": list(scorer.classes), "threshold": scorer.threshold}
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
+        # `server_pid`: which server process answered (the local deployer tells two servers of a port apart)
+        body = {"model_version": self.loaded.version, "server_pid": server_pid()}
         if self.ready:
-            return 200, {"status": "ready", "model_version": self.loaded.version}
-        return 503, {"status": self.state, "model_version": self.loaded.version}
+            return 200, {"status": "ready", **body}
+        return 503, {"status": self.state, **body}
 
     def request_schema(self) -> dict[str, Any]:
         """JSON schema of one record, from the model's features (for the OpenAPI docs)."""
@@ -501,6 +503,12 @@ async def _route_call(service: ServingService, handler: Handler, request: Reques
 #: set by the multi-worker launcher to its own pid: a worker that sees it ends when that process ends
 SUPERVISOR_ENV = "CT_SUPERVISOR_PID"
 _PR_SET_PDEATHSIG = 1
+
+
+def server_pid(environ: Mapping[str, str] = os.environ) -> int:
+    """The pid of the server this process is: its supervisor's for a worker, else its own."""
+    raw = environ.get(SUPERVISOR_ENV, "")
+    return int(raw) if raw.isdigit() else os.getpid()
 
 
 def die_with_supervisor(environ: Mapping[str, str] = os.environ) -> None:

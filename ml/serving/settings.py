@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +51,10 @@ class Settings:
     timeout_keep_alive_s: int = 5
     limit_concurrency: int = 1000
     max_incomplete_event_bytes: int = 16_384
+    #: bind the port with SO_REUSEPORT so the next version can start beside this one (ml.serving.handoff)
+    reuse_port: bool = False
+    #: a private loopback port this server also answers on: its smoke test, before it takes the traffic
+    smoke_port: int | None = None
     #: a categorical value the model never saw: `refuse` (422 naming column and value) or `mark` (accepted,
     #: marked `unseen` in the prediction log and the response)
     unseen_category: Literal["refuse", "mark"] = "refuse"
@@ -111,6 +116,7 @@ class Settings:
             "follow_s": self.follow_s or None, "follow_uri": self.follow_uri,
             "timeout_keep_alive_s": self.timeout_keep_alive_s, "limit_concurrency": self.limit_concurrency,
             "max_incomplete_event_bytes": self.max_incomplete_event_bytes,
+            "reuse_port": int(self.reuse_port), "smoke_port": self.smoke_port,
             "unseen_category": self.unseen_category, "api_token_file": self.api_token_file,
             "api_token": None if self.api_token_file else self.api_token,
             **{k: getattr(self, k) for k in _VARIANT_FIELDS}, "canary_fraction": self.canary_fraction or None,
@@ -153,6 +159,12 @@ _FIELDS: dict[str, tuple[str, str | None, str]] = {
                           "most connections and requests in flight per worker; beyond it: 503 (default 1000)"),
     "max_incomplete_event_bytes": ("CT_MAX_INCOMPLETE_EVENT_BYTES", None,
                                    "largest request line + headers the h11 parser buffers (default 16384)"),
+    "reuse_port": ("CT_REUSE_PORT", "--reuse-port",
+                   "1: bind the port with SO_REUSEPORT, so a new version can start beside this server and take "
+                   "its traffic without a gap (Linux; set by the local deploy target; default 0)"),
+    "smoke_port": ("CT_SMOKE_PORT", "--smoke-port",
+                   "a private loopback port this server answers on too (its smoke test before it takes the "
+                   "traffic; default: none)"),
     "unseen_category": ("CT_UNSEEN_CATEGORY", "--unseen-category",
                         "a categorical value the model never saw: refuse (422, default) or mark (accepted, marked "
                         "`unseen` in the prediction log)"),
@@ -240,6 +252,7 @@ def _build(raw: dict[str, object]) -> Settings:
         "timeout_keep_alive_s": _int(raw, "timeout_keep_alive_s", 1, 3600),
         "limit_concurrency": _int(raw, "limit_concurrency", 1, 1_000_000),
         "max_incomplete_event_bytes": _int(raw, "max_incomplete_event_bytes", 1024, 1 << 24),
+        "smoke_port": _int(raw, "smoke_port", 1, 65535),
     }
     settings = Settings(
         follow_uri=_text(raw, "follow_uri"),
@@ -255,12 +268,24 @@ def _build(raw: dict[str, object]) -> Settings:
     if unseen not in ("refuse", "mark"):
         raise SettingsError(f"CT_UNSEEN_CATEGORY={unseen!r}: expected refuse or mark")
     token_file, token = _token(raw)
-    settings = replace(settings, unseen_category=unseen, api_token=token, api_token_file=token_file,  # type: ignore[arg-type]
+    settings = replace(settings, reuse_port=_reuse_port(raw), unseen_category=unseen, api_token=token,  # type: ignore[arg-type]
+                       api_token_file=token_file,
                        **_variant_settings(raw))
     if settings.follow_s and settings.alias_uri is None:
         raise SettingsError(f"CT_MODEL_FOLLOW_S={settings.follow_s} needs an alias to follow: set "
                             f"CT_MODEL_URI=models:/<name>@<alias> (got {uri!r})")
     return settings
+
+
+def _reuse_port(raw: dict[str, object]) -> bool:
+    from ml.serving import handoff
+
+    reuse = (_text(raw, "reuse_port") or "0").lower()
+    if reuse not in ("0", "1", "true", "false"):
+        raise SettingsError(f"CT_REUSE_PORT={reuse!r}: expected 1 or 0")
+    if reuse in ("1", "true") and not handoff.supported():
+        raise SettingsError(f"CT_REUSE_PORT={reuse}: steering a shared port needs Linux (this is {sys.platform})")
+    return reuse in ("1", "true")
 
 
 def _token(raw: dict[str, object]) -> tuple[Path | None, str | None]:

@@ -182,3 +182,103 @@ def test_the_server_is_not_handed_the_workers_mlflow_login(models, ct_home, monk
     assert not [e for e in environ if e.startswith((b"MLFLOW_TRACKING_USERNAME=", b"MLFLOW_TRACKING_PASSWORD="))]
     assert any(e.startswith(b"PYTHONPATH=") for e in environ)
     assert stop_server("m")
+
+
+class Poller:
+    """Threads that POST /predict to the port one request after another, each on a new connection (as `curl`
+    in a loop does), and keep every answer's version and every failure."""
+
+    def __init__(self, port: int, record: dict, threads: int = 2):
+        import threading
+
+        self.url, self.body = f"http://127.0.0.1:{port}/predict", json.dumps(record).encode()
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            request = urllib.request.Request(self.url, self.body, {"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self.versions.append(json.loads(response.read())["model_version"])
+            except Exception as exc:  # noqa: BLE001 - every kind of failure is what this test counts
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def wait_for(self, version: str, answers: int = 20, timeout_s: float = 30) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while self.versions[-answers:].count(version) < answers and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def __enter__(self) -> Poller:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_new_version_takes_over_the_port_without_a_failed_request(models, ct_home, monkeypatch, workers):
+    """v2 replaces v1, then v1 replaces v2, while clients poll: every request is answered, by one version or
+    the other, and after each deploy only the new version answers and runs."""
+    from ml.deploy.local import find_servers
+
+    monkeypatch.setenv("CT_WORKERS", workers)
+    config, paths, records = models
+    port = free_port()
+    assert _deploy(models, "1", port).status == "deployed"
+    with Poller(port, records[0]) as poller:
+        poller.wait_for("1")
+        second = _deploy(models, "2", port)
+        poller.wait_for("2")
+        answered_by_v2 = len(poller.versions)
+        back = _deploy(models, "1", port)
+        poller.wait_for("1")
+    assert second.status == back.status == "deployed", (second.detail, back.detail)
+    assert "without a gap" in second.detail and "without a gap" in back.detail
+    assert poller.failures == []
+    assert poller.versions[-1] == "1" and "2" in poller.versions[:answered_by_v2] and len(poller.versions) > 100
+    assert [s.version for s in find_servers("m")] == ["1"] and read_state("m").version == "1"
+
+
+def test_a_version_failing_its_smoke_test_beside_the_old_one_never_interrupts_it(models, ct_home):
+    config, paths, records = models
+    port = free_port()
+    assert _deploy(models, "1", port).status == "deployed"
+    serving = read_state("m")
+    with Poller(port, records[0]) as poller:
+        poller.wait_for("1")
+        failed = deploy_local("m", "2", *paths["2"], host="127.0.0.1", port=port, timeout_s=60,
+                              smoke=lambda url, v, sha: SmokeResult(False, f"injected failure at {url}"))
+        poller.wait_for("1")
+    assert failed.status == "rolled_back" and "kept serving throughout" in failed.detail
+    assert f":{port}" not in failed.detail.split("injected failure at")[1].split(")")[0]  # smoke-tested elsewhere
+    assert poller.failures == [] and set(poller.versions) == {"1"}
+    now = read_state("m")
+    assert (now.pid, now.pid_started, now.version) == (serving.pid, serving.pid_started, "1")
+    assert read_state("m", "candidate") is None
+
+
+def test_a_candidate_left_by_a_killed_deploy_is_stopped_not_trusted(models, ct_home):
+    """A deploy killed while its new server ran beside the old one (before the smoke test passed) leaves
+    candidate.json: the next reconcile keeps the recorded server and stops the candidate, even when the
+    recorded one is gone too."""
+    from ml.deploy.local import find_servers, reconcile, start_server
+
+    config, paths, records = models
+    port = free_port()
+    assert _deploy(models, "1", port).status == "deployed"
+    start_server("m", "2", *paths["2"], "127.0.0.1", port, timeout_s=60, smoke_port=free_port())
+    assert sorted(s.version for s in find_servers("m")) == ["1", "2"] and read_state("m", "candidate").version == "2"
+    assert reconcile("m").version == "1" and [s.version for s in find_servers("m")] == ["1"]
+    assert read_state("m", "candidate") is None and ready_version(port) == "1"
+    start_server("m", "2", *paths["2"], "127.0.0.1", port, timeout_s=60, smoke_port=free_port())
+    stop_server("m")  # the recorded server is gone as well
+    assert reconcile("m") is None and find_servers("m") == []

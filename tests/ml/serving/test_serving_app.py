@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_both_paths_content_type_and_feedback(app_client, record):
                            ).status_code == 415
     pid = app_client.post("/predict", json=record).json()["prediction_id"]
     assert app_client.post("/feedback", json={"prediction_id": pid, "label": "1"}).status_code == 202
-    assert app_client.get("/ready").json() == {"status": "ready", "model_version": "5"}
+    assert app_client.get("/ready").json() == {"status": "ready", "model_version": "5", "server_pid": os.getpid()}
     assert parse_metrics(app_client.get("/metrics").text)["ct_feedback_total"].total("ct_feedback_total") == 1
 
 
@@ -106,6 +107,9 @@ def test_settings_from_env_and_flags(tmp_path):
     assert flagged.port == 9100 and flagged.workers == 1 and flagged.registry_ref == ("m", None, "champion")
     assert Settings.from_env({"CT_MODEL_URI": "models:/m/3"}).registry_ref == ("m", "3", None)
     assert Settings.from_env(Settings.from_env(env).to_env()) == settings
+    shared = Settings.from_args(["--reuse-port", "1", "--smoke-port", "9101"], env)
+    assert (shared.reuse_port, shared.smoke_port, settings.reuse_port, settings.smoke_port) == (True, 9101, False, None)
+    assert Settings.from_env(shared.to_env()) == shared
 
 
 def test_workers_keep_following_the_alias(tmp_path):
@@ -129,6 +133,8 @@ def test_workers_keep_following_the_alias(tmp_path):
     ({"CT_MODEL_URI": "m.onnx", "CT_LOG_LEVEL": "LOUD"}, "CT_LOG_LEVEL"),
     ({"CT_MODEL_URI": "models:/m/3", "CT_MODEL_FOLLOW_S": "30"}, "CT_MODEL_FOLLOW_S"),
     ({"CT_MODEL_URI": "m.onnx", "CT_MODEL_FOLLOW_S": "soon"}, "CT_MODEL_FOLLOW_S"),
+    ({"CT_MODEL_URI": "m.onnx", "CT_REUSE_PORT": "yes please"}, "CT_REUSE_PORT"),
+    ({"CT_MODEL_URI": "m.onnx", "CT_SMOKE_PORT": "0"}, "CT_SMOKE_PORT"),
 ])
 def test_settings_errors_name_the_variable(env, named):
     with pytest.raises(SettingsError, match=named):

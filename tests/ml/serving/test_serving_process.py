@@ -29,10 +29,11 @@ def client(module_server):
         yield c
 
 
-def test_health_ready_model(client, trained):
+def test_health_ready_model(client, trained, module_server):
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "model_version": "7"}
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "model_version": "7", "server_pid": module_server.proc.pid}
     model = client.get("/model").json()
     assert model == {"name": "attrition-test", "version": "7", "sha256": trained.sha256,
                      "features": {"numeric": NUMERIC, "categorical": CATEGORICAL},
