@@ -333,6 +333,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _failed(None if deployed.ok else f"deploy {deployed.status}: {deployed.detail}")
     step = Step(STEP_COMMANDS.get(args.command, args.command)) if args.command != "record" else None
     key = _run_key(args, config.name, new=(step is Step.VALIDATE))
+    if step is not None:
+        from ml.locks import check_lease
+
+        check_lease(config.name, key)  # refused before an MLflow run is opened for it (run_step checks again)
     ctx = open_run(config, key)
     if step is None:
         record = finish_run(ctx)

@@ -133,9 +133,9 @@ def lease_holder(model: str) -> dict[str, Any] | None:
     return lease if time.time() - float(lease.get("updated", 0)) < _lease_s() else None
 
 
-def take_lease(model: str, run_key: str, *, process: bool = False) -> None:
-    """Claim (or renew) the run lease for `run_key`; call with the model lock held. `process=True`: this
-    process runs the whole run (the lease dies with it). Raises ModelBusy when another live run owns it."""
+def check_lease(model: str, run_key: str) -> dict[str, Any] | None:
+    """Raise ModelBusy when another live run owns `model`'s lease; else the lease (None when free). Reads
+    only: the CLI asks before it opens an MLflow run for a run that would be refused."""
     current = lease_holder(model)
     if current is not None and current.get("run_key") != run_key:
         raise ModelBusy(f"model '{model}' is in the middle of run {current['run_key']!r} (its last step at "
@@ -143,6 +143,13 @@ def take_lease(model: str, run_key: str, *, process: bool = False) -> None:
                         f"run {run_key!r} refused so the two do not interleave: retry once it has written its run "
                         f"record (`python -m ml record --run-key '{current['run_key']}'` closes it now; an "
                         f"abandoned one lapses CT_RUN_LEASE_S={_lease_s():.0f} s after its last step)")
+    return current
+
+
+def take_lease(model: str, run_key: str, *, process: bool = False) -> None:
+    """Claim (or renew) the run lease for `run_key`; call with the model lock held. `process=True`: this
+    process runs the whole run (the lease dies with it). Raises ModelBusy when another live run owns it."""
+    current = check_lease(model, run_key)
     process = process or bool(current and current.get("process") and current.get("owner") == owner_tag())
     _write(_lease_path(model), {"run_key": run_key, "owner": owner_tag(), "process": process, "updated": time.time()})
 

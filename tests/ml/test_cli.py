@@ -66,3 +66,20 @@ def test_a_run_that_needs_approval_stops_before_deploying_and_says_how_to_go_on(
     assert record["approval"]["decision"] == "pending" and "python -m ml deploy --version 1" in \
         record["approval"]["detail"]
     assert record["deployment"]["status"] is None and not record["promoted"] and record["champion_version"] is None
+
+
+def test_a_run_refused_by_another_runs_lease_opens_no_mlflow_run(config_path, tmp_path):
+    """Another run of the model is between two of its steps: a new run is refused before anything is made for
+    it (no MLflow run left RUNNING under its key)."""
+    home = tmp_path / "ct"
+    first = ml("validate-data", "--config", str(config_path), "--run-key", "holder", home=home)
+    assert first.returncode == 0, first.stderr
+    refused = ml("validate-data", "--config", str(config_path), "--run-key", "intruder", home=home)
+    assert refused.returncode == 1 and "in the middle of run 'holder'" in refused.stderr
+    runs = subprocess.run([sys.executable, "-c", "import mlflow, json; print(json.dumps([r.data.tags.get("
+                           "'ct.run_key') for r in mlflow.search_runs(search_all_experiments=True, "
+                           "output_format='list')]))"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db"})
+    assert runs.returncode == 0, runs.stderr
+    assert json.loads(runs.stdout.strip().splitlines()[-1]) == ["holder"]
