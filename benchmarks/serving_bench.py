@@ -110,8 +110,8 @@ def start_server(model: Path, sha: str, port: int, workers: int, log_dir: Path |
 
 # ---- a minimal keep-alive HTTP/1.1 client (asyncio) ----------------------------------------------
 
-def request_bytes(port: int, body: bytes) -> bytes:
-    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+def request_bytes(port: int, body: bytes, path: str = "/predict") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -211,12 +211,12 @@ def run_async(coro: Any) -> Any:
 # ---- wrk -----------------------------------------------------------------------------------------
 
 def wrk_throughput(port: int, body: bytes, connections: int, duration: float, threads: int,
-                   tmp: Path) -> dict[str, Any]:
+                   tmp: Path, path: str = "/predict") -> dict[str, Any]:
     script = tmp / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = {json.dumps(body.decode())}\n")
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", str(script),
-           f"http://127.0.0.1:{port}/predict"]
+           f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=True).stdout
     result: dict[str, Any] = {"command": " ".join(cmd[:-3] + ["post.lua", cmd[-1]])}
     result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
