@@ -200,18 +200,25 @@ def _read_csv(path: Path, max_rows: int) -> pd.DataFrame:
     return frame
 
 
-def _read_parquet(path: Path, max_rows: int) -> pd.DataFrame:
+def _read_parquet(path: Path, max_rows: int, columns: list[str] | None = None) -> pd.DataFrame:
+    """The file's columns `columns` (those it has; None: all), converted column by column so that the Arrow
+    buffers are freed as they are converted, and Arrow's freed memory handed back."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     meta = pq.ParquetFile(path)
-    dupes = _duplicates(meta.schema_arrow.names)
+    names = meta.schema_arrow.names
+    dupes = _duplicates(names)
     if dupes:
         raise DataError(f"{path}: duplicate column names {dupes}: each column must appear once")
     ReadLimits(max_rows=max_rows).check_rows(path, meta.metadata.num_rows)
-    return meta.read().to_pandas()
+    wanted = None if columns is None else [c for c in columns if c in names]
+    frame = meta.read(columns=wanted).to_pandas(self_destruct=True, split_blocks=True)
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
-def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
+def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS, columns: list[str] | None = None) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty (0 bytes): expected a header and rows")
     if path.suffix not in SUFFIXES:
@@ -221,7 +228,7 @@ def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
         if path.suffix == ".csv":
             frame = _read_csv(path, max_rows)
         elif path.suffix in (".parquet", ".pq"):
-            frame = _read_parquet(path, max_rows)
+            frame = _read_parquet(path, max_rows, columns)
         else:
             frame = _read_jsonl(path, max_rows)
     except DataError:
@@ -235,8 +242,10 @@ def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
 
 
 def read_window(path: str, label_column: str | None = None, *, since: datetime | None = None,
-                until: datetime | None = None, limits: ReadLimits | None = None) -> Window:
+                until: datetime | None = None, limits: ReadLimits | None = None,
+                columns: list[str] | None = None) -> Window:
     """Read a window from a local path (file or folder), or a URL whose scheme `limits.allowed_schemes` lists.
+    `columns`: a Parquet file is read for these columns only (those it has), every other format whole.
 
     A folder written by the model server (a prediction log, ml.predlog) is read as its predictions'
     features plus `label_column`, filled from the feedback sent to the server (NaN where none came),
@@ -257,10 +266,10 @@ def read_window(path: str, label_column: str | None = None, *, since: datetime |
             raise DataError(f"prediction log {local} holds no predictions{span}: nothing to check")
         counts = {k: int(frame.attrs.get(k, 0)) for k in ("feedback_ignored", "marked_unseen")}
         return Window(frame=frame, path=str(local), sha256=sha256_of(local), counts=counts)
-    return Window(frame=_read_files(local, limits), path=str(local), sha256=sha256_of(local))
+    return Window(frame=_read_files(local, limits, columns), path=str(local), sha256=sha256_of(local))
 
 
-def _read_files(local: Path, limits: ReadLimits) -> pd.DataFrame:
+def _read_files(local: Path, limits: ReadLimits, columns: list[str] | None = None) -> pd.DataFrame:
     import pandas as pd
 
     files = _files(local)
@@ -269,7 +278,7 @@ def _read_files(local: Path, limits: ReadLimits) -> pd.DataFrame:
     rows = 0
     for f in files:
         try:
-            frames.append(_read_one(f, limits.max_rows - rows))
+            frames.append(_read_one(f, limits.max_rows - rows, columns))
         except WindowTooLarge:
             if len(files) == 1:
                 raise

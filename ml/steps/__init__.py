@@ -42,10 +42,11 @@ class StepRun:
     def read(self, path: str) -> pd.DataFrame:
         """A window as every step sees it: the model's columns, without the rows that break the contract
         (ml.contract.screen_window, as validate counted them)."""
-        from ml.contract import screen_window
+        from ml.contract import model_columns, screen_window
         from ml.data import read_window
 
-        window = read_window(path, self.config.target, limits=self.config.data.limits)
+        window = read_window(path, self.config.target, limits=self.config.data.limits,
+                             columns=model_columns(self.config))
         return screen_window(self.config, window)[0].frame
 
     @cached_property

@@ -63,12 +63,14 @@ def _read_windows(run: StepRun, base: Validation, champion: ModelVersion | None,
     log is frozen into the run as its screened snapshot."""
     from datetime import UTC, datetime
 
-    from ml.contract import screen_window
+    from ml.contract import model_columns, screen_window
     from ml.data import read_window
     from ml.predlog import is_prediction_log, window_since
 
     config, limits = run.config, run.config.data.limits
-    reference, ref_q = screen_window(config, read_window(config.reference_path, config.target, limits=limits))
+    columns = model_columns(config)
+    reference, ref_q = screen_window(config, read_window(config.reference_path, config.target, limits=limits,
+                                                         columns=columns))
     base = dataclasses.replace(base, reference_sha256=reference.sha256, quarantine={"reference": ref_q})
     if not config.current_path:
         return base, reference, None
@@ -76,7 +78,7 @@ def _read_windows(run: StepRun, base: Validation, champion: ModelVersion | None,
     since = window_since(config.data.current_window, as_of=until,
                          champion_promoted_at=(champion.tags or {}).get("ct.champion.at") if champion else None)
     current, cur_q = screen_window(config, read_window(config.current_path, config.target, since=since,
-                                                       until=until, limits=limits))
+                                                       until=until, limits=limits, columns=columns))
     base = dataclasses.replace(base, current_sha256=current.sha256, quarantine={"reference": ref_q, "current": cur_q})
     if is_prediction_log(current.path):
         snapshot, sha = snapshot_current(run.ctx, current.frame)

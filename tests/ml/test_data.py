@@ -208,3 +208,17 @@ def test_the_stacked_model_frame_is_the_model_frame_of_the_concatenated_rows(con
     rows = np.array([5, 3, 150, 3])
     expected = model_frame(pd.concat([frame, frame.iloc[rows]], ignore_index=True), config)
     pd.testing.assert_frame_equal(stacked_model_frame([(frame, None), (frame, rows)], config), expected)
+
+
+def test_a_parquet_window_is_read_for_the_columns_asked_for(tmp_path, config):
+    from ml.contract import model_columns
+
+    frame = pd.read_csv(DATA / "reference.csv").head(50).assign(note="not a model column")
+    path = tmp_path / "window.parquet"
+    frame.to_parquet(path, index=False)
+    wanted = [*model_columns(config), "absent"]
+    window = read_window(str(path), config.target, columns=wanted)
+    assert list(window.frame.columns) == model_columns(config)
+    pd.testing.assert_frame_equal(window.frame, frame[model_columns(config)])
+    assert screen_window(config, window)[0].frame is window.frame  # nothing to drop: not copied
+    assert "note" in read_window(str(path)).frame.columns

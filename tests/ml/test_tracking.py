@@ -11,7 +11,8 @@ from ml.tracking import window_schema
 COLUMNS = {
     "ints": [1, 2, 3], "floats_with_nan": [1.0, np.nan, 2.0], "strings_with_none": ["x", None, "y"],
     "bools": [True, False, True], "mixed": [1, "a", 2.0], "equal_but_not_one_type": [1, 1.0, True],
-    "datetimes": pd.to_datetime(["2020-01-01", None, "2020-01-02"]), "nullable_ints": pd.array([1, None, 3], dtype="Int64"),
+    "datetimes": pd.to_datetime(["2020-01-01", None, "2020-01-02"]),
+    "nullable_ints": pd.array([1, None, 3], dtype="Int64"),
     "strings": ["x", "y", "x"], "lists": [[1], [2], [1]], "categories": pd.Categorical(["a", "b", None]),
 }
 
