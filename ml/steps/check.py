@@ -226,12 +226,15 @@ def performance(run: StepRun) -> PerformanceResult:
             y_ref = encode_target(reference[config.target], config, model.classes)
             on_reference = score(metric, y_ref, model.predict_proba(model_frame(reference, config)),
                                  model.threshold)
+        proba = None
         if current is not None and len(current) and config.performance.estimate:
             proba = model.predict_proba(model_frame(current, config))
             estimated = estimate_metric(metric, proba, calibration, model.threshold)
         if n_labelled:
             y = encode_target(rows[config.target], config, model.classes)
-            labelled_proba = model.predict_proba(model_frame(rows, config))
+            # every row labelled: `rows` is the current window itself, already scored
+            labelled_proba = proba if rows is current and proba is not None else \
+                model.predict_proba(model_frame(rows, config))
             on_current = score(metric, y, labelled_proba, model.threshold)
             follows = calibration_test(y, labelled_proba, calibration)
     return assess_performance(metric, run.state.champion_version, on_reference, on_current, n_labelled,
