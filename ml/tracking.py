@@ -342,23 +342,34 @@ class RunContext:
         digest.write_text(f"{config_sha256(source)}  {source.name}\n")
         return [str(config), str(digest)]
 
-    def log_windows(self, windows: list[tuple[str, pd.DataFrame, str | None, str | None]],
-                    model_id: str | None = None) -> None:
-        """The data the challenger learnt from as MLflow datasets (context `training`), linked to the logged
-        model: (name, frame, path, sha256) each; the digest is the sha256's first 36 hex digits."""
-        import mlflow
+    def window_inputs(self, windows: list[tuple[str, pd.DataFrame, str | None, str | None]]) -> list[Any]:
+        """The data the challenger learns from as MLflow dataset inputs (context `training`), described (schema,
+        rows) but not logged yet, so the frames can go before the fit: (name, frame, path, sha256) each; the
+        digest is the sha256's first 36 hex digits."""
         import mlflow.data
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = []
+        for name, frame, path, sha in windows:
+            digest = sha[:DIGEST_LENGTH] if sha else None
+            dataset = mlflow.data.from_pandas(frame, source=path or name, name=f"{self.config.name}.{name}",
+                                              targets=self.config.target if self.config.target in frame else None,
+                                              digest=digest)
+            dataset.schema = window_schema(frame)  # a cached_property: what MLflow would infer, vectorised
+            entity = Dataset(**{k: v for k, v in dataset.to_dict().items()
+                                if k in ("name", "digest", "source_type", "source", "schema", "profile")})
+            tags = [InputTag("ct.window", name), InputTag("ct.sha256", sha or ""),
+                    InputTag(MLFLOW_DATASET_CONTEXT, "training")]
+            inputs.append(DatasetInput(dataset=entity, tags=tags))
+        return inputs
+
+    def log_window_inputs(self, inputs: list[Any], model_id: str | None = None) -> None:
+        """Log `window_inputs` to the run, linked to the logged model."""
         from mlflow.entities import LoggedModelInput
 
-        with self.fluent():
-            for name, frame, path, sha in windows:
-                digest = sha[:DIGEST_LENGTH] if sha else None
-                dataset = mlflow.data.from_pandas(frame, source=path or name, name=f"{self.config.name}.{name}",
-                                                  targets=self.config.target if self.config.target in frame else None,
-                                                  digest=digest)
-                dataset.schema = window_schema(frame)  # a cached_property: what MLflow would infer, vectorised
-                mlflow.log_input(dataset, context="training", tags={"ct.window": name, "ct.sha256": sha or ""},
-                                 model=LoggedModelInput(model_id) if model_id else None)
+        self.client.log_inputs(self.mlflow_run_id, datasets=inputs,
+                               models=[LoggedModelInput(model_id)] if model_id else None)
 
     def describe(self, markdown: str) -> None:
         """The run's description in the MLflow UI (`mlflow.note.content`)."""

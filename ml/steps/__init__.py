@@ -64,6 +64,18 @@ class StepRun:
         path = self.config.current_path
         return self.read(path) if path else None
 
+    def release_windows(self) -> None:
+        """Forget the windows read so far: a step that has taken what it needs from them frees their memory
+        (they are read again on next use)."""
+        import gc
+
+        import pyarrow as pa
+
+        for name in ("reference", "current"):
+            self.__dict__.pop(name, None)
+        gc.collect()  # a frame can sit in a reference cycle: freed only by the collector
+        pa.default_memory_pool().release_unused()  # a Parquet window's columns are Arrow's memory
+
     @property
     def windows(self) -> Windows:
         """Both windows (each read once per step, on first use)."""
