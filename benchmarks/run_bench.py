@@ -45,12 +45,13 @@ def free_port() -> int:
 
 
 def prepare(folder: Path, rows: int) -> Path:
-    """Reference and current windows of `rows` rows and a config pointing at them."""
-    from ml.datasets.attrition import generate
-
+    """Reference and current windows of `rows` rows and a config pointing at them. The windows are generated
+    in a child process: a child started from a process holding them would begin its peak RSS at that size."""
     folder.mkdir(parents=True, exist_ok=True)
-    generate("reference", rows, 42).to_parquet(folder / "reference.parquet", index=False)
-    generate("covariate_drift", rows, 43).to_parquet(folder / "current.parquet", index=False)
+    subprocess.run([sys.executable, "-c", "import sys; from ml.datasets.attrition import generate; "
+                    "generate('reference', int(sys.argv[2]), 42).to_parquet(sys.argv[1] + '/reference.parquet', "
+                    "index=False); generate('covariate_drift', int(sys.argv[2]), 43).to_parquet(sys.argv[1] + "
+                    "'/current.parquet', index=False)", str(folder), str(rows)], cwd=REPO, check=True)
     raw = yaml.safe_load((REPO / "configs" / "employee-attrition.yaml").read_text())
     raw["data"] = {"reference": str(folder / "reference.parquet"), "current": str(folder / "current.parquet")}
     raw["deploy"] = {**raw["deploy"], "port": free_port()}

@@ -108,7 +108,9 @@ def screen_window(config: ModelConfig, window: Window) -> tuple[Window, Quaranti
     import numpy as np
 
     frame = window.frame
-    frame = frame[[c for c in model_columns(config) if c in frame.columns]]
+    kept = [c for c in model_columns(config) if c in frame.columns]
+    if list(frame.columns) != kept:  # a window read for these columns is not copied
+        frame = frame[kept]
     masks = _row_violations(config, frame)
     bad = np.logical_or.reduce([m.to_numpy() for m in masks.values()]) if masks else np.zeros(len(frame), bool)
     col_of = {reason: reason.split("'")[1] for reason in masks}

@@ -200,18 +200,25 @@ def _read_csv(path: Path, max_rows: int) -> pd.DataFrame:
     return frame
 
 
-def _read_parquet(path: Path, max_rows: int) -> pd.DataFrame:
+def _read_parquet(path: Path, max_rows: int, columns: list[str] | None = None) -> pd.DataFrame:
+    """The file's columns `columns` (those it has; None: all), converted column by column so that the Arrow
+    buffers are freed as they are converted, and Arrow's freed memory handed back."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     meta = pq.ParquetFile(path)
-    dupes = _duplicates(meta.schema_arrow.names)
+    names = meta.schema_arrow.names
+    dupes = _duplicates(names)
     if dupes:
         raise DataError(f"{path}: duplicate column names {dupes}: each column must appear once")
     ReadLimits(max_rows=max_rows).check_rows(path, meta.metadata.num_rows)
-    return meta.read().to_pandas()
+    wanted = None if columns is None else [c for c in columns if c in names]
+    frame = meta.read(columns=wanted).to_pandas(self_destruct=True, split_blocks=True)
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
-def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
+def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS, columns: list[str] | None = None) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty (0 bytes): expected a header and rows")
     if path.suffix not in SUFFIXES:
@@ -221,7 +228,7 @@ def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
         if path.suffix == ".csv":
             frame = _read_csv(path, max_rows)
         elif path.suffix in (".parquet", ".pq"):
-            frame = _read_parquet(path, max_rows)
+            frame = _read_parquet(path, max_rows, columns)
         else:
             frame = _read_jsonl(path, max_rows)
     except DataError:
@@ -235,8 +242,10 @@ def _read_one(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
 
 
 def read_window(path: str, label_column: str | None = None, *, since: datetime | None = None,
-                until: datetime | None = None, limits: ReadLimits | None = None) -> Window:
+                until: datetime | None = None, limits: ReadLimits | None = None,
+                columns: list[str] | None = None) -> Window:
     """Read a window from a local path (file or folder), or a URL whose scheme `limits.allowed_schemes` lists.
+    `columns`: a Parquet file is read for these columns only (those it has), every other format whole.
 
     A folder written by the model server (a prediction log, ml.predlog) is read as its predictions'
     features plus `label_column`, filled from the feedback sent to the server (NaN where none came),
@@ -257,10 +266,10 @@ def read_window(path: str, label_column: str | None = None, *, since: datetime |
             raise DataError(f"prediction log {local} holds no predictions{span}: nothing to check")
         counts = {k: int(frame.attrs.get(k, 0)) for k in ("feedback_ignored", "marked_unseen")}
         return Window(frame=frame, path=str(local), sha256=sha256_of(local), counts=counts)
-    return Window(frame=_read_files(local, limits), path=str(local), sha256=sha256_of(local))
+    return Window(frame=_read_files(local, limits, columns), path=str(local), sha256=sha256_of(local))
 
 
-def _read_files(local: Path, limits: ReadLimits) -> pd.DataFrame:
+def _read_files(local: Path, limits: ReadLimits, columns: list[str] | None = None) -> pd.DataFrame:
     import pandas as pd
 
     files = _files(local)
@@ -269,7 +278,7 @@ def _read_files(local: Path, limits: ReadLimits) -> pd.DataFrame:
     rows = 0
     for f in files:
         try:
-            frames.append(_read_one(f, limits.max_rows - rows))
+            frames.append(_read_one(f, limits.max_rows - rows, columns))
         except WindowTooLarge:
             if len(files) == 1:
                 raise
@@ -320,16 +329,43 @@ def label_key(value: Any) -> str:
     return str(value)
 
 
+def label_keys(values: pd.Series) -> np.ndarray:
+    """`label_key` of every value (a new object array), computed once per distinct value: a million rows take
+    milliseconds, not seconds. An object column is keyed value by value unless its present values are all
+    strings (a string is its own key; the missing ones are keyed one by one)."""
+    import numpy as np
+    import pandas as pd
+
+    def keyed(distinct: list[Any], codes: np.ndarray) -> np.ndarray:
+        return np.array([label_key(v) for v in distinct], dtype=object)[codes]
+
+    if values.dtype != object:
+        codes, distinct = pd.factorize(values, use_na_sentinel=False)
+        return keyed(distinct.tolist(), codes)
+    array = values.to_numpy(dtype=object)
+    missing = pd.isna(array)
+    present = array[~missing]
+    if pd.api.types.infer_dtype(present, skipna=False) not in ("string", "empty"):
+        return np.array([label_key(v) for v in array], dtype=object)
+    keys = np.empty(len(array), dtype=object)
+    codes, distinct = pd.factorize(present)  # equal strings share a key (str and numpy.str_ alike)
+    keys[~missing] = keyed(distinct.tolist(), codes)
+    keys[missing] = [label_key(v) for v in array[missing]]
+    return keys
+
+
 def labelled(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
-    """The rows of a window that carry a label (empty when the target column is absent)."""
+    """The rows of a window that carry a label (empty when the target column is absent); the window itself, not
+    a copy, when every row does."""
     if config.target not in frame.columns:
         return frame.iloc[0:0]
-    return frame[frame[config.target].notna()]
+    present = frame[config.target].notna()
+    return frame if present.all() else frame[present]
 
 
 def class_labels(config: ModelConfig, reference: pd.DataFrame) -> list[str]:
     """Class order of the model outputs: binary -> [negative, positive]; multiclass -> sorted labels."""
-    keys = sorted({label_key(v) for v in reference[config.target].dropna()})
+    keys = sorted(set(label_keys(reference[config.target].dropna())))
     if config.task == "binary":
         positive = label_key(config.positive_class)
         negatives = [k for k in keys if k != positive]
@@ -340,16 +376,17 @@ def class_labels(config: ModelConfig, reference: pd.DataFrame) -> list[str]:
 def encode_target(series: pd.Series, config: ModelConfig, classes: list[str]) -> np.ndarray:
     """Labels -> class indices (binary: 1 for the positive class). Unknown labels raise DataError."""
     import numpy as np
+    import pandas as pd
 
-    keys = [label_key(v) for v in series]
+    keys = label_keys(series)
     if config.task == "binary":
-        positive = label_key(config.positive_class)
-        return np.fromiter((1 if k == positive else 0 for k in keys), dtype=np.int64, count=len(keys))
+        return (keys == label_key(config.positive_class)).astype(np.int64)
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({k for k in keys if k not in index})
+    codes, distinct = pd.factorize(keys)
+    unknown = sorted(k for k in distinct if k not in index)
     if unknown:
         raise DataError(f"target '{config.target}' has labels {unknown[:5]} never seen in the reference window")
-    return np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+    return np.array([index[k] for k in distinct], dtype=np.int64)[codes]
 
 
 def model_frame(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
@@ -358,9 +395,38 @@ def model_frame(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
 
     out = pd.DataFrame(index=frame.index)
     for col in config.features.numeric:
-        out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        out[col] = _numeric(frame[col])
     for col in config.features.categorical:
-        values = frame[col]
-        out[col] = values.map(lambda v: MISSING_CATEGORY if label_key(v) == "" else label_key(v)).astype(object)
+        out[col] = _categorical(frame[col])
     return out
 
+
+def stacked_model_frame(parts: list[tuple[pd.DataFrame, np.ndarray | None]], config: ModelConfig) -> pd.DataFrame:
+    """The model frame of the rows `rows` (positions, None: every row) of each frame, one part after the other
+    (index 0..n-1): `model_frame(pd.concat([frame.iloc[rows], ...], ignore_index=True))` without copying the
+    frames' other columns."""
+    import numpy as np
+    import pandas as pd
+
+    def stacked(canonical: Any, col: str) -> np.ndarray:
+        return np.concatenate([canonical(frame[col]) if rows is None else canonical(frame[col])[rows]
+                               for frame, rows in parts])
+
+    out = pd.DataFrame(index=pd.RangeIndex(sum(len(f) if r is None else len(r) for f, r in parts)))
+    for col in config.features.numeric:
+        out[col] = stacked(_numeric, col)
+    for col in config.features.categorical:
+        out[col] = stacked(_categorical, col)
+    return out
+
+
+def _numeric(values: pd.Series) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+
+
+def _categorical(values: pd.Series) -> np.ndarray:
+    keys = label_keys(values)
+    keys[keys == ""] = MISSING_CATEGORY
+    return keys

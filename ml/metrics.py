@@ -75,21 +75,7 @@ def weighted_scorer(name: str, y_true: np.ndarray, proba: np.ndarray,
         return None
     y = np.asarray(y_true) == 1
     if name == "roc_auc":
-        order = np.argsort(proba[:, 1], kind="mergesort")
-        sorted_scores, positive = proba[order, 1], y[order]
-        group = np.concatenate([[0], np.cumsum(np.diff(sorted_scores) != 0)])  # ties share a group
-
-        def auc(weights: np.ndarray) -> float:
-            w = weights[order].astype(np.float64)
-            pos = np.bincount(group, weights=w * positive)
-            neg = np.bincount(group, weights=w * ~positive)
-            total_pos, total_neg = pos.sum(), neg.sum()
-            if total_pos == 0 or total_neg == 0:
-                return math.nan
-            below = np.cumsum(neg) - neg
-            return float(np.dot(pos, below + 0.5 * neg) / (total_pos * total_neg))
-
-        return auc
+        return _weighted_auc(y, proba[:, 1])
     if name == "log_loss":
         losses = -np.log(np.clip(np.where(y, proba[:, 1], proba[:, 0]), 1e-15, 1.0))
         return lambda w: float(np.dot(w, losses) / w.sum())
@@ -103,6 +89,36 @@ def weighted_scorer(name: str, y_true: np.ndarray, proba: np.ndarray,
         return from_confusion(name, tp, fp, fn, tn)
 
     return confusion
+
+
+def _weighted_auc(positive: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
+    """ROC AUC as a function of row weights: each positive row counts the weight of the negatives scored below
+    it plus half of those tied with it (integer weights, as bootstrap counts are, sum exactly). The rows are
+    sorted once; a call gathers the weights, sums the negatives' cumulatively and takes one dot product, O(n)."""
+    import numpy as np
+
+    order = np.argsort(scores, kind="mergesort")
+    negatives, positives = order[~positive[order]], order[positive[order]]
+    negative_scores, positive_scores = scores[negatives], scores[positives]
+    below = np.searchsorted(negative_scores, positive_scores, side="left")
+    not_above = np.searchsorted(negative_scores, positive_scores, side="right")
+    ties = bool((below != not_above).any())
+
+    def auc(weights: np.ndarray) -> float:
+        kind = np.int64 if weights.dtype.kind in "iub" else np.float64
+        negative_weight = np.zeros(len(negatives) + 1, dtype=kind)
+        np.cumsum(weights[negatives], out=negative_weight[1:], dtype=kind)
+        positive_weight = weights[positives].astype(kind, copy=False)
+        total_pos, total_neg = positive_weight.sum().item(), negative_weight[-1].item()
+        if total_pos == 0 or total_neg == 0:
+            return math.nan
+        if ties:
+            twice = np.dot(positive_weight, negative_weight[below] + negative_weight[not_above]).item()
+        else:
+            twice = 2 * np.dot(positive_weight, negative_weight[below]).item()
+        return twice / (2 * total_pos * total_neg)
+
+    return auc
 
 
 def from_confusion(name: str, tp: float, fp: float, fn: float, tn: float) -> float:

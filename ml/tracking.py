@@ -342,26 +342,74 @@ class RunContext:
         digest.write_text(f"{config_sha256(source)}  {source.name}\n")
         return [str(config), str(digest)]
 
-    def log_windows(self, windows: list[tuple[str, pd.DataFrame, str | None, str | None]],
-                    model_id: str | None = None) -> None:
-        """The data the challenger learnt from as MLflow datasets (context `training`), linked to the logged
-        model: (name, frame, path, sha256) each; the digest is the sha256's first 36 hex digits."""
-        import mlflow
+    def window_inputs(self, windows: list[tuple[str, pd.DataFrame, str | None, str | None]]) -> list[Any]:
+        """The data the challenger learns from as MLflow dataset inputs (context `training`), described (schema,
+        rows) but not logged yet, so the frames can go before the fit: (name, frame, path, sha256) each; the
+        digest is the sha256's first 36 hex digits."""
         import mlflow.data
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = []
+        for name, frame, path, sha in windows:
+            digest = sha[:DIGEST_LENGTH] if sha else None
+            dataset = mlflow.data.from_pandas(frame, source=path or name, name=f"{self.config.name}.{name}",
+                                              targets=self.config.target if self.config.target in frame else None,
+                                              digest=digest)
+            dataset.schema = window_schema(frame)  # a cached_property: what MLflow would infer, vectorised
+            entity = Dataset(**{k: v for k, v in dataset.to_dict().items()
+                                if k in ("name", "digest", "source_type", "source", "schema", "profile")})
+            tags = [InputTag("ct.window", name), InputTag("ct.sha256", sha or ""),
+                    InputTag(MLFLOW_DATASET_CONTEXT, "training")]
+            inputs.append(DatasetInput(dataset=entity, tags=tags))
+        return inputs
+
+    def log_window_inputs(self, inputs: list[Any], model_id: str | None = None) -> None:
+        """Log `window_inputs` to the run, linked to the logged model."""
         from mlflow.entities import LoggedModelInput
 
-        with self.fluent():
-            for name, frame, path, sha in windows:
-                digest = sha[:DIGEST_LENGTH] if sha else None
-                dataset = mlflow.data.from_pandas(frame, source=path or name, name=f"{self.config.name}.{name}",
-                                                  targets=self.config.target if self.config.target in frame else None,
-                                                  digest=digest)
-                mlflow.log_input(dataset, context="training", tags={"ct.window": name, "ct.sha256": sha or ""},
-                                 model=LoggedModelInput(model_id) if model_id else None)
+        self.client.log_inputs(self.mlflow_run_id, datasets=inputs,
+                               models=[LoggedModelInput(model_id)] if model_id else None)
 
     def describe(self, markdown: str) -> None:
         """The run's description in the MLflow UI (`mlflow.note.content`)."""
         self.client.set_tag(self.mlflow_run_id, DESCRIPTION_TAG, markdown[:4900])
+
+
+def window_schema(frame: pd.DataFrame) -> Any:
+    """The schema `mlflow.data.from_pandas` infers for a frame (each column's type and `required`: no value
+    missing), without MLflow's Python call per value (22 s for two million-row windows): a typed column's type
+    comes from its dtype and `required` from its null mask; an object column is inferred by MLflow from its
+    distinct values, which give the same type and the same `required`. None where MLflow infers none."""
+    import warnings
+
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.utils import _infer_schema
+
+    specs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns, once per column
+        try:
+            for name in frame.columns:
+                column = frame[name]
+                if column.dtype.kind == "O":
+                    specs.extend(_infer_schema(_distinct(column).to_frame()).inputs)
+                else:
+                    spec = _infer_schema(column.head(1).to_frame()).inputs[0]
+                    specs.append(ColSpec(type=spec.type, name=spec.name, required=not column.isna().any()))
+        except Exception:  # as PandasDataset.schema: a frame MLflow cannot describe has no schema
+            return None
+    return Schema(specs)
+
+
+def _distinct(column: pd.Series) -> pd.Series:
+    """One value of each distinct (type, value): 1, 1.0 and True are equal but not of one type."""
+    import pandas as pd
+
+    try:
+        return column[~pd.DataFrame({"type": column.map(type), "value": column}).duplicated().to_numpy()]
+    except TypeError:  # unhashable values (lists): every value
+        return column
 
 
 def _param(value: Any) -> str:

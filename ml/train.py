@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ml.data import class_labels, encode_target, labelled, model_frame
+from ml.data import class_labels, encode_target, labelled, model_frame, stacked_model_frame
 from ml.errors import TrainingError
 from ml.result import Result
 
@@ -362,60 +362,61 @@ def cross_fitted_proba(config: ModelConfig, estimator: str, params: dict[str, An
 def split_training_data(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame | None,
                         current_only: bool = False) -> TrainingData:
     """Deterministic train/holdout split (seeded, stratified); cross-fitted folds instead when the holdout
-    would have fewer than training.min_holdout_rows rows."""
+    would have fewer than training.min_holdout_rows rows. The windows are not copied: the training rows are
+    taken from them straight into the model frame, the holdout's raw rows alone are copied."""
     import numpy as np
-    import pandas as pd
 
     classes = class_labels(config, reference)
-    ref = reference.reset_index(drop=True)
-    cur = labelled(current, config).reset_index(drop=True) if current is not None else ref.iloc[0:0]
+    cur = labelled(current, config) if current is not None else reference.iloc[0:0]
     weight = config.training.current_weight
     if len(cur) >= config.performance.min_labelled_rows:
-        cur_train, holdout, folds = _split(config, cur, classes)
-        if current_only:
-            ref = ref.iloc[0:0]
-        parts, source = [(ref, 1.0, None), (cur_train, weight, folds)], "current"
+        source, split, rest = "current", cur, (reference.iloc[0:0] if current_only else reference)
     else:
-        ref_train, holdout, folds = _split(config, ref, classes)
-        parts, source = [(ref_train, 1.0, folds), (cur, weight, None)], "reference"
-    train = pd.concat([frame for frame, _, _ in parts], ignore_index=True)
-    weights = np.concatenate([np.full(len(frame), w) for frame, w, _ in parts])
-    y_train = encode_target(train[config.target], config, classes)
+        source, split, rest = "reference", reference, cur
+    y_split = encode_target(split[config.target], config, classes)
+    train_rows, holdout_rows, folds = _split(config, y_split)
+    y_rest = encode_target(rest[config.target], config, classes) if len(rest) else np.empty(0, dtype=np.int64)
+    # the order of old: the reference's rows, then the current window's
+    split_part = (split, train_rows, y_split[train_rows], weight if source == "current" else 1.0, folds)
+    rest_part = (rest, None, y_rest, 1.0 if source == "current" else weight, None)
+    parts = [rest_part, split_part] if source == "current" else [split_part, rest_part]
+    y_train = np.concatenate([y for _, _, y, _, _ in parts])
     if len(np.unique(y_train)) < 2:
         raise TrainingError(f"training data has a single class of '{config.target}': nothing to learn")
+    weights = np.concatenate([np.full(len(y), w) for _, _, y, w, _ in parts])
     train_folds = None if folds is None else np.concatenate(
-        [np.full(len(frame), -1) if f is None else f for frame, _, f in parts])
-    return TrainingData(x_train=model_frame(train, config), y_train=y_train, weights=weights,
-                        eval_frame=holdout.reset_index(drop=True),
-                        y_eval=encode_target(holdout[config.target], config, classes),
+        [np.full(len(y), -1) if f is None else f for _, _, y, _, f in parts])
+    return TrainingData(x_train=stacked_model_frame([(frame, rows) for frame, rows, _, _, _ in parts], config),
+                        y_train=y_train, weights=weights,
+                        eval_frame=split.iloc[holdout_rows].reset_index(drop=True), y_eval=y_split[holdout_rows],
                         eval_source=source, classes=classes, eval_folds=folds, train_folds=train_folds)
 
 
-def _split(config: ModelConfig, frame: pd.DataFrame,
-           classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
-    """(training rows, holdout rows, None) of a seeded stratified split; or, when the holdout would be
-    smaller than training.min_holdout_rows, (frame, frame, each row's fold) for cross-fitting."""
+def _split(config: ModelConfig, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(training rows, holdout rows, None) of a seeded stratified split of rows with labels `y`, as positions;
+    or, when the holdout would be smaller than training.min_holdout_rows, (every row, every row, each row's
+    fold) for cross-fitting."""
     import math
 
     import numpy as np
     from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
     training = config.training
-    y = encode_target(frame[config.target], config, classes)
+    rows = np.arange(len(y))
     smallest = np.bincount(y).min(initial=len(y))
-    if math.ceil(training.eval_fraction * len(frame)) >= training.min_holdout_rows or len(frame) < 2 * training.folds:
+    if math.ceil(training.eval_fraction * len(y)) >= training.min_holdout_rows or len(y) < 2 * training.folds:
         stratify = y if smallest >= 2 else None
-        train, holdout = train_test_split(frame, test_size=training.eval_fraction, random_state=training.seed,
+        train, holdout = train_test_split(rows, test_size=training.eval_fraction, random_state=training.seed,
                                           stratify=stratify)
         return train, holdout, None
     kind = StratifiedKFold if smallest >= training.folds else KFold
-    folds = np.empty(len(frame), dtype=int)
+    folds = np.empty(len(y), dtype=int)
     splitter = kind(n_splits=training.folds, shuffle=True, random_state=training.seed)
-    for fold, (_, rows) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        folds[rows] = fold
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        folds[held] = fold
     log.info("%d rows give a holdout below training.min_holdout_rows (%d): %d-fold cross-fitting on all of them",
-             len(frame), training.min_holdout_rows, training.folds)
-    return frame, frame, folds
+             len(y), training.min_holdout_rows, training.folds)
+    return rows, rows, folds
 
 
 def fit_named(config: ModelConfig, data: TrainingData, window: str = "all") -> Challenger:

@@ -42,10 +42,11 @@ class StepRun:
     def read(self, path: str) -> pd.DataFrame:
         """A window as every step sees it: the model's columns, without the rows that break the contract
         (ml.contract.screen_window, as validate counted them)."""
-        from ml.contract import screen_window
+        from ml.contract import model_columns, screen_window
         from ml.data import read_window
 
-        window = read_window(path, self.config.target, limits=self.config.data.limits)
+        window = read_window(path, self.config.target, limits=self.config.data.limits,
+                             columns=model_columns(self.config))
         return screen_window(self.config, window)[0].frame
 
     @cached_property
@@ -62,6 +63,18 @@ class StepRun:
             return self.read(str(self.ctx.artifact(validation.current_snapshot)))
         path = self.config.current_path
         return self.read(path) if path else None
+
+    def release_windows(self) -> None:
+        """Forget the windows read so far: a step that has taken what it needs from them frees their memory
+        (they are read again on next use)."""
+        import gc
+
+        import pyarrow as pa
+
+        for name in ("reference", "current"):
+            self.__dict__.pop(name, None)
+        gc.collect()  # a frame can sit in a reference cycle: freed only by the collector
+        pa.default_memory_pool().release_unused()  # a Parquet window's columns are Arrow's memory
 
     @property
     def windows(self) -> Windows:

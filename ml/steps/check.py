@@ -63,12 +63,14 @@ def _read_windows(run: StepRun, base: Validation, champion: ModelVersion | None,
     log is frozen into the run as its screened snapshot."""
     from datetime import UTC, datetime
 
-    from ml.contract import screen_window
+    from ml.contract import model_columns, screen_window
     from ml.data import read_window
     from ml.predlog import is_prediction_log, window_since
 
     config, limits = run.config, run.config.data.limits
-    reference, ref_q = screen_window(config, read_window(config.reference_path, config.target, limits=limits))
+    columns = model_columns(config)
+    reference, ref_q = screen_window(config, read_window(config.reference_path, config.target, limits=limits,
+                                                         columns=columns))
     base = dataclasses.replace(base, reference_sha256=reference.sha256, quarantine={"reference": ref_q})
     if not config.current_path:
         return base, reference, None
@@ -76,7 +78,7 @@ def _read_windows(run: StepRun, base: Validation, champion: ModelVersion | None,
     since = window_since(config.data.current_window, as_of=until,
                          champion_promoted_at=(champion.tags or {}).get("ct.champion.at") if champion else None)
     current, cur_q = screen_window(config, read_window(config.current_path, config.target, since=since,
-                                                       until=until, limits=limits))
+                                                       until=until, limits=limits, columns=columns))
     base = dataclasses.replace(base, current_sha256=current.sha256, quarantine={"reference": ref_q, "current": cur_q})
     if is_prediction_log(current.path):
         snapshot, sha = snapshot_current(run.ctx, current.frame)
@@ -224,12 +226,15 @@ def performance(run: StepRun) -> PerformanceResult:
             y_ref = encode_target(reference[config.target], config, model.classes)
             on_reference = score(metric, y_ref, model.predict_proba(model_frame(reference, config)),
                                  model.threshold)
+        proba = None
         if current is not None and len(current) and config.performance.estimate:
             proba = model.predict_proba(model_frame(current, config))
             estimated = estimate_metric(metric, proba, calibration, model.threshold)
         if n_labelled:
             y = encode_target(rows[config.target], config, model.classes)
-            labelled_proba = model.predict_proba(model_frame(rows, config))
+            # every row labelled: `rows` is the current window itself, already scored
+            labelled_proba = proba if rows is current and proba is not None else \
+                model.predict_proba(model_frame(rows, config))
             on_current = score(metric, y, labelled_proba, model.threshold)
             follows = calibration_test(y, labelled_proba, calibration)
     return assess_performance(metric, run.state.champion_version, on_reference, on_current, n_labelled,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ml.decision import Decision
 from ml.drift import DriftResult
@@ -11,7 +11,7 @@ from ml.errors import StateError
 from ml.gates import GateReport
 from ml.state import Step, Validation
 from ml.steps import snapshot_current
-from ml.train import HOLDOUT_ARTIFACT, Holdout, TrainResult
+from ml.train import HOLDOUT_ARTIFACT, Holdout, TrainingData, TrainResult
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def train(run: StepRun) -> TrainResult:
     """Fit the challenger, export it to ONNX and log it (and its holdout) to the run."""
-    from ml.challenger import fit_best_challenger
+    from ml.challenger import fit_best_of
     from ml.data import model_frame
     from ml.export import OnnxModel, to_onnx
     from ml.registry import version_for_run
@@ -37,16 +37,9 @@ def train(run: StepRun) -> TrainResult:
     if isinstance(done, TrainResult) and version_for_run(ctx.client, config.name, ctx.mlflow_run_id):
         log.info("this run already registered a version from model %s: not training again", done.model_id)
         return done
-    validation = run.state.require(Step.VALIDATE, Validation)
-    decision = run.state.get(Step.DECIDE, Decision)
-    windows = [config.training.window]
-    if config.training.window == "auto":
-        decayed = decision is not None and "performance_decay" in decision.triggers
-        windows = ["all", "current"] if decayed else ["all"]
-    current = run.windows.current
-    challenger = fit_best_challenger(config, run.windows.reference, current, windows)
-    if current is not None and not validation.current_snapshot:
-        snapshot_current(ctx, current)  # the window drift.reference: champion compares with once this one serves
+    splits, inputs = _training_windows(run)
+    run.release_windows()  # the fits need the memory more
+    challenger = fit_best_of(config, splits)
     data = challenger.onnx or to_onnx(challenger.pipeline, config, challenger.data.classes,
                                       seen=model_frame(challenger.data.eval_frame, config))
     info = ctx.log_onnx_model(data, estimator=challenger.estimator, params=challenger.params,
@@ -54,9 +47,7 @@ def train(run: StepRun) -> TrainResult:
                               eval_source=challenger.data.eval_source, metrics=challenger.metrics,
                               example=challenger.data.x_train.head(5),
                               estimator_params=challenger.pipeline.steps[-1][1].get_params(deep=False))
-    ctx.log_windows([("reference", run.windows.reference, validation.reference_path, validation.reference_sha256),
-                     *([("current", current, validation.current_path, validation.current_sha256)]
-                       if current is not None else [])], model_id=info.model_id)
+    ctx.log_window_inputs(inputs, model_id=info.model_id)
     if challenger.search is not None:
         log_search(ctx.client, ctx.mlflow_run_id, challenger.search)
     model = OnnxModel.load(download_model(info.model_uri, ctx.work_dir / "challenger"))
@@ -70,6 +61,29 @@ def train(run: StepRun) -> TrainResult:
                        metrics=challenger.metrics, classes=challenger.data.classes, window=challenger.window,
                        candidates=challenger.candidates,
                        params=challenger.params, search=challenger.search)
+
+
+def _training_windows(run: StepRun) -> tuple[dict[str, TrainingData], list[Any]]:
+    """What training needs from the windows, taken before any fit so that their memory can be freed for it:
+    each training window's split (`training.window`; auto: also the current window alone after a performance
+    decay), the windows' lineage inputs, and the current window's snapshot in the run."""
+    from ml.challenger import split_windows
+
+    config, ctx = run.config, run.ctx
+    validation = run.state.require(Step.VALIDATE, Validation)
+    decision = run.state.get(Step.DECIDE, Decision)
+    windows = [config.training.window]
+    if config.training.window == "auto":
+        decayed = decision is not None and "performance_decay" in decision.triggers
+        windows = ["all", "current"] if decayed else ["all"]
+    reference, current = run.windows.reference, run.windows.current
+    splits = split_windows(config, reference, current, windows)
+    if current is not None and not validation.current_snapshot:
+        snapshot_current(ctx, current)  # the window drift.reference: champion compares with once this one serves
+    inputs = ctx.window_inputs([("reference", reference, validation.reference_path, validation.reference_sha256),
+                                *([("current", current, validation.current_path, validation.current_sha256)]
+                                  if current is not None else [])])
+    return splits, inputs
 
 
 def log_search(client: MlflowClient, run_id: str, report: SearchReport) -> None:

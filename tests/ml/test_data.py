@@ -181,3 +181,44 @@ def _window(frame: pd.DataFrame):
     from ml.data import Window
 
     return Window(frame=frame, path="memory", sha256="0" * 64)
+
+
+@pytest.mark.parametrize("values", [
+    [1, 0, 1], [1.0, float("nan"), 0.0, 2.5], ["a", None, "b", float("nan")], [True, False],
+    [1, "1", 1.0, True, None, float("nan"), pd.NA], pd.array([1, None, 0], dtype="Int64"),
+    pd.Categorical(["x", None, "y"]), pd.array(["a", None], dtype="string"), [1e20, 3.0, -0.0], [],
+])
+def test_label_keys_are_label_key_of_every_value(values):
+    from ml.data import label_key, label_keys
+
+    series = pd.Series(values, dtype=object if isinstance(values, list) and not values else None)
+    keys = label_keys(series)
+    assert list(keys) == [label_key(v) for v in series]
+    assert all(type(k) is str for k in keys)
+
+
+def test_the_stacked_model_frame_is_the_model_frame_of_the_concatenated_rows(config):
+    import numpy as np
+
+    from ml.data import model_frame, stacked_model_frame
+
+    frame = pd.read_csv(DATA / "reference.csv").head(200)
+    frame.loc[frame.index[:7], "department"] = None
+    frame.loc[frame.index[3:9], "salary"] = float("nan")
+    rows = np.array([5, 3, 150, 3])
+    expected = model_frame(pd.concat([frame, frame.iloc[rows]], ignore_index=True), config)
+    pd.testing.assert_frame_equal(stacked_model_frame([(frame, None), (frame, rows)], config), expected)
+
+
+def test_a_parquet_window_is_read_for_the_columns_asked_for(tmp_path, config):
+    from ml.contract import model_columns
+
+    frame = pd.read_csv(DATA / "reference.csv").head(50).assign(note="not a model column")
+    path = tmp_path / "window.parquet"
+    frame.to_parquet(path, index=False)
+    wanted = [*model_columns(config), "absent"]
+    window = read_window(str(path), config.target, columns=wanted)
+    assert list(window.frame.columns) == model_columns(config)
+    pd.testing.assert_frame_equal(window.frame, frame[model_columns(config)])
+    assert screen_window(config, window)[0].frame is window.frame  # nothing to drop: not copied
+    assert "note" in read_window(str(path)).frame.columns

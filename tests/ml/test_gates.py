@@ -155,3 +155,21 @@ def test_parity_latency_size():
     assert not parity_gate(a, a[:1], 1e-4).passed
     assert latency_gate(1.0, 10).passed and not latency_gate(11.0, 10).passed
     assert size_gate(2_000_000, 50).value == 2.0 and not size_gate(60_000_000, 50).passed
+
+
+@pytest.mark.parametrize("levels", [None, 5])  # continuous scores; five score levels, so ties everywhere
+def test_weighted_roc_auc_equals_scikit_learn_on_the_resampled_rows(levels):
+    from sklearn.metrics import roc_auc_score
+
+    from ml.metrics import weighted_scorer
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    p = rng.random(400) if levels is None else rng.integers(0, levels, 400) / (levels - 1)
+    auc = weighted_scorer("roc_auc", y, two_col(p))
+    for _ in range(20):
+        idx = rng.integers(0, len(y), len(y))
+        counts = np.bincount(idx, minlength=len(y))
+        assert auc(counts) == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
+        assert auc(counts.astype(float)) == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
+    assert math.isnan(auc(np.where(y == 1, 1, 0)))  # no negative row left
