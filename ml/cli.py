@@ -21,9 +21,13 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ml.errors import ConfigError, CTError
+
+if TYPE_CHECKING:
+    from ml.config import ModelConfig
+    from ml.state import Step
 
 log = logging.getLogger("ml")
 
@@ -316,9 +320,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _failed(f"{args.command} {getattr(args, 'action', '')} failed: {document['steps'][-1]['detail']}"
                        if document.get("status") == "failed" else None)
 
-    from ml.pipeline import deploy_version, run_pipeline, run_step
+    from ml.pipeline import deploy_version, run_pipeline
     from ml.record import finish_run
-    from ml.state import RunState, Step
+    from ml.state import Step
     from ml.tracking import open_run
 
     if args.command == "run":
@@ -333,16 +337,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _failed(None if deployed.ok else f"deploy {deployed.status}: {deployed.detail}")
     step = Step(STEP_COMMANDS.get(args.command, args.command)) if args.command != "record" else None
     key = _run_key(args, config.name, new=(step is Step.VALIDATE))
-    if step is not None:
-        from ml.locks import check_lease
-
-        check_lease(config.name, key)  # refused before an MLflow run is opened for it (run_step checks again)
-    ctx = open_run(config, key)
     if step is None:
-        record = finish_run(ctx)
+        record = finish_run(open_run(config, key))
         _emit(record.to_dict())
         _copy_out(args.out, "run_record", record.to_dict(), [])
         return _failed(record.failure())
+    return _step_command(args, config, step, key)
+
+
+def _step_command(args: argparse.Namespace, config: ModelConfig, step: Step, key: str) -> int:
+    """One pipeline step: refused before an MLflow run is opened for it when another run holds the model's
+    lease (run_step checks again, under the lock); its result as JSON on stdout, `--out` copies."""
+    from ml.locks import check_lease
+    from ml.pipeline import run_step
+    from ml.state import RunState, Step
+    from ml.tracking import open_run
+
+    check_lease(config.name, key)
+    ctx = open_run(config, key)
     kwargs: dict[str, Any] = {"force_retrain": args.force_retrain} if step is Step.DECIDE else {}
     try:
         result = run_step(step, ctx, **kwargs).result
