@@ -348,21 +348,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _step_command(args: argparse.Namespace, config: ModelConfig, step: Step, key: str) -> int:
     """One pipeline step: refused before an MLflow run is opened for it when another run holds the model's
     lease (run_step checks again, under the lock); its result as JSON on stdout, `--out` copies."""
+    from ml.drift.report_worker import beside
     from ml.locks import check_lease
     from ml.pipeline import run_step
     from ml.state import RunState, Step
     from ml.tracking import open_run
 
     check_lease(config.name, key)
-    ctx = open_run(config, key)
-    kwargs: dict[str, Any] = {"force_retrain": args.force_retrain} if step is Step.DECIDE else {}
-    try:
-        result = run_step(step, ctx, **kwargs).result
-    except CTError:
-        stored = RunState.load(ctx).record(step)
-        if stored is not None and stored.result is not None:  # the outcome (a rolled-back deploy) as JSON
-            _emit({"run_key": key, **stored.result.to_dict()})
-        raise
+    with beside(step is Step.DRIFT and config.drift.report_rows > 0) as kwargs:  # Evidently imports meanwhile
+        ctx = open_run(config, key)
+        kwargs |= {"force_retrain": args.force_retrain} if step is Step.DECIDE else {}
+        try:
+            result = run_step(step, ctx, **kwargs).result
+        except CTError:
+            stored = RunState.load(ctx).record(step)
+            if stored is not None and stored.result is not None:  # the outcome (a rolled-back deploy) as JSON
+                _emit({"run_key": key, **stored.result.to_dict()})
+            raise
     document = {"run_key": key, **result.to_dict()}
     _emit(document)
     files = [ctx.work_dir / "reports" / "drift_report.html"] if step is Step.DRIFT else []

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from ml.config import ModelConfig
     from ml.drift.profile import ColumnProfile, ReferenceProfile
+    from ml.drift.report_worker import ReportWorker
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +168,10 @@ def _decide_fdr(config: ModelConfig, features: dict[str, FeatureDrift]) -> dict[
 
 
 def detect_drift(config: ModelConfig, reference: pd.DataFrame | ReferenceProfile,
-                 current: pd.DataFrame | ReferenceProfile, report_dir: Path | None = None) -> DriftResult:
+                 current: pd.DataFrame | ReferenceProfile, report_dir: Path | None = None,
+                 report_worker: ReportWorker | None = None) -> DriftResult:
     """Compare the current window with a reference (each given as raw rows or as its profile); write the
-    HTML report into report_dir when given."""
+    HTML report into report_dir when given (rendered by `report_worker` when one was started)."""
     from ml.drift.profile import ReferenceProfile
 
     check_methods(config)
@@ -195,6 +197,6 @@ def detect_drift(config: ModelConfig, reference: pd.DataFrame | ReferenceProfile
         path = write_report(config, sample(reference.sample, dc.report_rows, config.training.seed),
                             sample(current.sample, dc.report_rows, config.training.seed), result,
                             report_dir / "drift_report.html", reference_rows=reference.rows,
-                            current_rows=current.rows)
+                            current_rows=current.rows, worker=report_worker)
         result = replace(result, report_path=str(path))
     return result

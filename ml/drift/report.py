@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from ml.config import ModelConfig
     from ml.drift import DriftResult
+    from ml.drift.report_worker import ReportWorker
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +27,40 @@ def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return frame.sample(n=rows, random_state=seed) if len(frame) > rows else frame
 
 
-def write_report(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame, result: DriftResult,
-                 path: Path, *, reference_rows: int, current_rows: int) -> Path:
-    """Evidently's report on samples of canonical model frames, with a banner naming what decided."""
+def report_job(config: ModelConfig, path: Path) -> dict[str, Any]:
+    """What Evidently needs to render the report: the columns, the preset's settings, the file (JSON-ready)."""
+    dc = config.drift
+    return {"numeric": list(config.features.numeric), "categorical": list(config.features.categorical),
+            "preset": {"columns": config.feature_columns, "drift_share": dc.drift_share, "method": dc.method,
+                       "threshold": dc.threshold,
+                       "per_column_method": {c: v.method for c, v in dc.columns.items() if v.method} or None,
+                       "per_column_threshold": {c: v.threshold for c, v in dc.columns.items() if v.threshold}
+                       or None},
+            "out": str(path)}
+
+
+def render(job: dict[str, Any], reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Evidently's DataDriftPreset on the two frames, saved as HTML at job["out"]; its per-column results."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    dc = config.drift
-    definition = DataDefinition(numerical_columns=list(config.features.numeric),
-                                categorical_columns=list(config.features.categorical))
-    preset = DataDriftPreset(
-        columns=config.feature_columns, drift_share=dc.drift_share, method=dc.method, threshold=dc.threshold,
-        per_column_method={c: v.method for c, v in dc.columns.items() if v.method} or None,
-        per_column_threshold={c: v.threshold for c, v in dc.columns.items() if v.threshold} or None)
-    snapshot = Report([preset], include_tests=True).run(Dataset.from_pandas(current, data_definition=definition),
-                                                        Dataset.from_pandas(reference, data_definition=definition))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    sampled = _parse(snapshot.dict())
+    definition = DataDefinition(numerical_columns=job["numeric"], categorical_columns=job["categorical"])
+    snapshot = Report([DataDriftPreset(**job["preset"])], include_tests=True).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition))
+    Path(job["out"]).parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(job["out"])
+    return _parse(snapshot.dict())
+
+
+def write_report(config: ModelConfig, reference: pd.DataFrame, current: pd.DataFrame, result: DriftResult,
+                 path: Path, *, reference_rows: int, current_rows: int, worker: ReportWorker | None = None) -> Path:
+    """Evidently's report on samples of canonical model frames, with a banner naming what decided; rendered
+    by `worker` (Evidently imported beside the step, ml.drift.report_worker) when given, else here."""
+    job = report_job(config, path)
+    sampled = worker.render(job, reference, current) if worker is not None else None
+    if sampled is None:
+        sampled = render(job, reference, current)
     evidently_drifted = sorted(c for c, f in sampled.items() if f["drifted"])
     banner = _banner(result, len(reference), reference_rows, len(current), current_rows, evidently_drifted)
     text = path.read_text(encoding="utf-8")

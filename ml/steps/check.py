@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ml.drift import DriftResult
     from ml.drift.output import OutputDrift
     from ml.drift.profile import ReferenceProfile
+    from ml.drift.report_worker import ReportWorker
     from ml.steps import StepRun
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,10 @@ def _read_windows(run: StepRun, base: Validation, champion: ModelVersion | None,
     return base, reference, current
 
 
-def drift(run: StepRun) -> DriftResult:
+def drift(run: StepRun, report_worker: ReportWorker | None = None) -> DriftResult:
     """Drift of the current window against the reference `drift.reference` names (its stored profile when
-    one exists: then only the current window is read)."""
+    one exists: then only the current window is read). `report_worker`: Evidently started beside the step
+    (ml.drift.report_worker.beside) renders the report."""
     from ml.drift import DriftResult, detect_drift
 
     validation = run.state.require(Step.VALIDATE, Validation)
@@ -100,7 +102,8 @@ def drift(run: StepRun) -> DriftResult:
     sha = validation.current_sha256
     current = load_profile(run, sha) or store_profile(run, run.current, sha)
     log.info("drift: current window (%d rows) vs %s (%d rows)", current.rows, compared_with, profile.rows)
-    result = detect_drift(run.config, profile, current, report_dir=run.ctx.work_dir / "reports")
+    result = detect_drift(run.config, profile, current, report_dir=run.ctx.work_dir / "reports",
+                          report_worker=report_worker)
     if result.report_path:
         run.ctx.log_artifact(Path(result.report_path), "reports")
     if result.drifted_share is not None:

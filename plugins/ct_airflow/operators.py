@@ -18,6 +18,7 @@ bad) unless it is retryable (registry races, unreachable servers), which goes th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
@@ -102,12 +103,18 @@ class StepOperator(PipelineOperator):
     def step_kwargs(self, context: Context) -> dict[str, Any]:
         return {}
 
+    def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """More keyword arguments of the step, from helpers started before the run context opens (the drift
+        step's Evidently process); none by default."""
+        return contextlib.nullcontext({})
+
     def execute(self, context: Context) -> dict[str, Any]:
         from ml.pipeline import run_step
 
         try:
-            ctx = self.run_context()
-            record = run_step(self.step, ctx, **self.step_kwargs(context))
+            with self.beside_step() as extra:
+                ctx = self.run_context()
+                record = run_step(self.step, ctx, **self.step_kwargs(context), **extra)
         except Exception as exc:
             fail_task(exc)
         summary = step_summary(self.run_key, ctx.mlflow_run_id, record)
@@ -136,6 +143,12 @@ class DriftCheckOperator(StepOperator):
 
     step = "drift"
     operator_extra_links = (MlflowRunLink(), DriftReportLink())
+
+    def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        from ml.config import load_config
+        from ml.drift.report_worker import beside
+
+        return beside(load_config(self.config_path).drift.report_rows > 0)  # Evidently imports meanwhile
 
     def after_step(self, context: Context, ctx: RunContext, record: StepRecord) -> None:
         from ml.tracking import artifact_url

@@ -1,0 +1,125 @@
+"""Evidently imported beside the drift step: a child process that renders the HTML report.
+
+Importing Evidently takes about 3 s here, more than the drift statistics on a million rows. A drift step
+started as its own process (`python -m ml drift`, an Airflow task, a pod) therefore starts this child
+first: it imports Evidently on the second core while the step imports MLflow, opens its run, reads the
+windows and computes the statistics, then renders the report on the samples the step hands it (two
+Parquet files beside the report). The parent adds the banner as before (ml.drift.report). Should the
+child fail in any way (it died, answered nothing, answered an error), the parent renders the report
+itself, so the step's outcome never depends on it.
+
+    python -m ml.drift.report_worker      # reads one job (a JSON line) on stdin, answers one on stdout
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: longest wait for the child's answer: the report on 5,000-row samples takes about 1.5 s
+ANSWER_TIMEOUT_S = 600.0
+
+
+class ReportWorker:
+    """The child process; `render` hands it one job, `close` ends it (used or not)."""
+
+    def __init__(self) -> None:
+        repo_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen([sys.executable, "-m", "ml.drift.report_worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=None, env=env, text=True)
+
+    def render(self, job: dict[str, Any], reference: pd.DataFrame,
+               current: pd.DataFrame) -> dict[str, dict[str, Any]] | None:
+        """The per-column results of the report the child rendered at job["out"]; None when it could not
+        (the caller renders it itself)."""
+        out = Path(job["out"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        files = {"reference": out.with_name(".sample-reference.parquet"),
+                 "current": out.with_name(".sample-current.parquet")}
+        try:
+            reference.to_parquet(files["reference"], index=False)
+            current.to_parquet(files["current"], index=False)
+            return self._exchange({**job, **{k: str(v) for k, v in files.items()}})
+        except (OSError, ValueError) as exc:
+            log.warning("drift report: the Evidently process failed (%s); rendering the report here", exc)
+            return None
+        finally:
+            for path in files.values():
+                path.unlink(missing_ok=True)
+            self.close()
+
+    def _exchange(self, job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(job) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], ANSWER_TIMEOUT_S)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            raise OSError(f"no answer (exit code {self.process.poll()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise ValueError(answer["error"])
+        return answer["columns"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def beside(enabled: bool) -> Iterator[dict[str, Any]]:
+    """The drift step's keyword arguments with a report worker started now ({} when not `enabled`: another
+    step, or the report turned off); the worker is ended on the way out, whatever happened."""
+    worker = ReportWorker() if enabled else None
+    try:
+        yield {"report_worker": worker} if worker is not None else {}
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def main() -> int:
+    answers, sys.stdout = sys.stdout, sys.stderr  # whatever a library prints stays off the answer channel
+    import evidently  # noqa: F401 - the point of this process: imported while the parent does the rest
+    import pandas as pd
+
+    from ml.drift.report import render
+
+    line = sys.stdin.readline()
+    if not line:
+        return 0  # the step ended without a report (it failed earlier, or found nothing to compare)
+    try:
+        job = json.loads(line)
+        columns = render(job, pd.read_parquet(job["reference"]), pd.read_parquet(job["current"]))
+        answer: dict[str, Any] = {"columns": columns}
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent, which renders it itself
+        answer = {"error": f"{type(exc).__name__}: {exc}"}
+    answers.write(json.dumps(answer) + "\n")
+    answers.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
