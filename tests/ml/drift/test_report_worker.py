@@ -60,3 +60,20 @@ def test_a_job_the_worker_cannot_render_comes_back_as_an_error(tmp_path):
 def test_without_the_report_no_worker_is_started():
     with beside(False) as kwargs:
         assert kwargs == {}
+
+
+def test_the_worker_is_started_only_where_it_pays_off():
+    """This test process has imported MLflow (as every task of `airflow dags test` has): no worker; a fresh
+    process has not."""
+    import subprocess
+    import sys
+
+    import mlflow  # noqa: F401
+
+    from ml.drift.report_worker import pays_off
+    from tests.conftest import REPO
+
+    assert pays_off() is False
+    fresh = subprocess.run([sys.executable, "-c", "from ml.drift.report_worker import pays_off; print(pays_off())"],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert fresh.stdout.strip() == "True", fresh.stderr
