@@ -251,7 +251,8 @@ class ServingService:
         scorer = self.scorer
         unseen = scorer.check_record(record)
         if self.variants is not None:
-            return 200, self._encode(self.variants.serve(scorer, [record], TRAFFIC.get())[0])
+            return 200, self._encode(self.variants.serve(scorer, [record], TRAFFIC.get(),
+                                                         None if unseen is None else [unseen])[0])
         timestamp, out = scorer.predict([record], None if unseen is None else [unseen])
         self._record(scorer.model_version, timestamp, [record], out)
         return 200, self._encode(out[0])
@@ -282,7 +283,7 @@ class ServingService:
         if problems:
             raise RequestError(422, "; ".join(problems))
         if self.variants is not None:
-            out = self.variants.serve(scorer, records, TRAFFIC.get())
+            out = self.variants.serve(scorer, records, TRAFFIC.get(), unseen if any(unseen) else None)
             return 200, self._encode({"model_version": scorer.model_version, "predictions": out})
         timestamp, out = scorer.predict(records, unseen if any(unseen) else None)
         self._record(scorer.model_version, timestamp, records, out)

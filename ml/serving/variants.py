@@ -144,8 +144,11 @@ class Variants:
 
     # ---- the request path ------------------------------------------------------------------------
 
-    def serve(self, champion: Scorer, records: list[dict[str, Any]], traffic: str | None) -> list[dict[str, Any]]:
-        """Answers for validated records: routed, scored, counted and logged (the shadow after the answer)."""
+    def serve(self, champion: Scorer, records: list[dict[str, Any]], traffic: str | None,
+              unseen: list[list[str] | None] | None = None) -> list[dict[str, Any]]:
+        """Answers for validated records: routed, scored, counted and logged (the shadow after the answer).
+        `unseen` (per record, from the champion's check_record): the features whose category the champion
+        never saw, marked in the answer and the log whichever variant answered."""
         ids = [uuid.uuid4().hex for _ in records]
         out: list[dict[str, Any] | None] = [None] * len(records)
         answered_by = [CHAMPION] * len(records)
@@ -164,6 +167,8 @@ class Variants:
         timestamp = time.time()
         for i, answer in enumerate(out):
             answer["prediction_id"] = ids[i]  # type: ignore[index]
+            if unseen is not None and unseen[i]:
+                answer["unseen"] = unseen[i]  # type: ignore[index]
         self.metrics.count_predictions([answer["label"] for answer in out])  # type: ignore[index]
         variants = answered_by if self.canary is not None else [None] * len(records)
         if self.shadow is None or not self._enqueue((timestamp, records, out, variants, traffic)):
@@ -211,8 +216,8 @@ class Variants:
             return
         for i, (record, answer) in enumerate(zip(records, out, strict=True)):
             writer.log_prediction(answer["prediction_id"], timestamp, answer["model_version"], record, answer["label"],
-                                  answer["probabilities"], traffic=traffic, variant=variants[i],
-                                  shadow=shadow[i] if shadow else None)
+                                  answer["probabilities"], traffic=traffic, unseen=answer.get("unseen"),
+                                  variant=variants[i], shadow=shadow[i] if shadow else None)
 
     # ---- the shadow thread -----------------------------------------------------------------------
 

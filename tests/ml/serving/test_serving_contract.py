@@ -72,8 +72,16 @@ def test_out_of_contract_values_are_refused_naming_column_and_value(contract_mod
     assert sum(len(f.read_text().splitlines()) for f in lines) == 1  # only the valid request was logged
 
 
-def test_mark_accepts_unseen_categories_and_marks_them_in_the_log(contract_model, tmp_path, fast_path, record):
-    with _client(contract_model, tmp_path, fast_path, unseen_category="mark") as client:
+@pytest.mark.parametrize("variant", ["none", "shadow", "canary"])
+def test_mark_accepts_unseen_categories_and_marks_them_in_the_log(contract_model, tmp_path, fast_path, record,
+                                                                  variant):
+    """Marked alike while a shadow scores every request or a canary answers half of them (the champion's
+    categories decide what is unseen)."""
+    path, sha = contract_model
+    beside = {} if variant == "none" else {f"{variant}_model_path": path, f"{variant}_model_sha256": sha,
+                                           f"{variant}_model_version": "4"}
+    beside |= {"canary_fraction": 0.5} if variant == "canary" else {}
+    with _client(contract_model, tmp_path, fast_path, unseen_category="mark", **beside) as client:
         marked = client.post("/predict", json=record | {"department": "Legal"})
         assert marked.status_code == 200 and marked.json()["unseen"] == ["department"]
         plain = client.post("/predict", json=record)
