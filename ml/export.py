@@ -108,6 +108,10 @@ def _register_lightgbm_converter() -> dict[str, int]:
     return {"": get_latest_tested_opset_version(), "ai.onnx.ml": 3}
 
 
+#: rows onnxruntime scores in one call in OnnxModel.predict_proba (memory bounded by the chunk, not the frame)
+PREDICT_CHUNK_ROWS = 65_536
+
+
 @dataclass(frozen=True)
 class ExportMeasure:
     """A pipeline's ONNX file and what the serving gates will measure on it."""
@@ -196,13 +200,20 @@ class OnnxModel:
             feed = {self.renamed.get(name, name): value for name, value in feed.items()}
         return self.session.run(["probabilities"], feed)[0]
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        """Probabilities for a canonical model frame (see ml.data.model_frame)."""
+    def predict_proba(self, frame: pd.DataFrame, chunk_rows: int = PREDICT_CHUNK_ROWS) -> np.ndarray:
+        """Probabilities for a canonical model frame (see ml.data.model_frame), scored `chunk_rows` rows at a
+        time: onnxruntime's intermediate tensors (one-hot columns, the stacked matrix) grow with the rows it
+        is given, so a million-row window in one call would hold ~200 MB of them at once."""
         import numpy as np
 
-        feed = {c: frame[c].to_numpy(dtype=np.float32).reshape(-1, 1) for c in self.numeric}
-        feed |= {c: frame[c].to_numpy(dtype=object).reshape(-1, 1) for c in self.categorical}
-        return self.predict_proba_feed(feed)
+        def feed(part: pd.DataFrame) -> dict[str, np.ndarray]:
+            arrays = {c: part[c].to_numpy(dtype=np.float32).reshape(-1, 1) for c in self.numeric}
+            return arrays | {c: part[c].to_numpy(dtype=object).reshape(-1, 1) for c in self.categorical}
+
+        if len(frame) <= chunk_rows:
+            return self.predict_proba_feed(feed(frame))
+        return np.concatenate([self.predict_proba_feed(feed(frame.iloc[start:start + chunk_rows]))
+                               for start in range(0, len(frame), chunk_rows)])
 
     def single_row_latency_ms(self, frame: pd.DataFrame, rounds: int = 200, quantile: float = 0.99) -> float:
         """A latency quantile of one-row predictions, in-process (the serving budget's floor)."""

@@ -138,3 +138,31 @@ def test_cross_fitted_metrics_do_not_flatter_a_model_that_memorised_noise():
     in_sample = score("roc_auc", challenger.data.y_eval, challenger.eval_proba, 0.5)
     assert in_sample > 0.9  # the fitted forest has seen every holdout row
     assert abs(challenger.metrics["roc_auc"] - 0.5) < 0.1  # what the gates are shown instead
+
+
+def test_a_frame_is_scored_in_chunks_with_the_same_probabilities(tmp_path, monkeypatch):
+    """OnnxModel.predict_proba bounds onnxruntime's memory by scoring chunks: the rows' probabilities are the
+    ones one call gives."""
+    import numpy as np
+    import pandas as pd
+
+    from ml.challenger import fit_challenger
+    from ml.config import load_config
+    from ml.data import model_frame
+    from ml.export import OnnxModel, to_onnx
+    from tests.conftest import DATA, DEMO_CONFIG
+
+    config = load_config(DEMO_CONFIG)
+    reference = pd.read_csv(DATA / "reference.csv")
+    challenger = fit_challenger(config, reference, None)
+    model = OnnxModel.from_bytes(to_onnx(challenger.pipeline, config, challenger.data.classes))
+    frame = model_frame(reference, config)
+    whole = model.predict_proba(frame, chunk_rows=len(frame))
+    calls = []
+    one_call = OnnxModel.predict_proba_feed
+    monkeypatch.setattr(OnnxModel, "predict_proba_feed",
+                        lambda self, feed: calls.append(len(next(iter(feed.values())))) or one_call(self, feed))
+    chunked = model.predict_proba(frame, chunk_rows=777)  # 5,000 rows: 6 full chunks and a short one
+    assert calls == [777] * 6 + [5000 - 6 * 777]
+    assert chunked.shape == whole.shape == (len(frame), 2)
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
