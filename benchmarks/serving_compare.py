@@ -71,8 +71,9 @@ def _post_ok(url: str, body: bytes) -> bool:
         return response.status == 200
 
 
-def start_all(tmp: Path, workers: int) -> tuple[dict[str, dict[str, Any]], list[subprocess.Popen]]:
-    """Train the model, start the three servers; {name: {port, path, body}} and the processes."""
+def start_all(tmp: Path, workers: int, procs: list[subprocess.Popen]) -> dict[str, dict[str, Any]]:
+    """Train the model, start the three servers (each process appended to `procs` as it starts, so the
+    caller stops them even when a later one fails); {name: {port, path, body}}."""
     import joblib
     import mlflow.sklearn
 
@@ -83,7 +84,7 @@ def start_all(tmp: Path, workers: int) -> tuple[dict[str, dict[str, Any]], list[
                               serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CT_", "MLFLOW_"))}
     servers = {name: {"port": free_port()} for name in SERVERS}
-    procs = [start_server(model, sha, servers["ours"]["port"], workers, tmp / "predictions", tmp / "ours.log")]
+    procs.append(start_server(model, sha, servers["ours"]["port"], workers, tmp / "predictions", tmp / "ours.log"))
     servers["ours"] |= {"path": "/predict", "body": json.dumps(record).encode()}
     servers["mlflow"] |= {"path": "/invocations", "body": json.dumps({"dataframe_records": [record]}).encode()}
     servers["plain"] |= {"path": "/predict", "body": json.dumps(record).encode()}
@@ -106,7 +107,7 @@ def start_all(tmp: Path, workers: int) -> tuple[dict[str, dict[str, Any]], list[
         server = servers[name]
         url = f"http://127.0.0.1:{server['port']}{server['path']}"
         _wait_ready(proc, lambda url=url, body=server["body"]: _post_ok(url, body), log)
-    return servers, procs
+    return servers
 
 
 def measure(server: dict[str, Any], duration: float, rate: float, tmp: Path) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     procs: list[subprocess.Popen] = []
     try:
-        servers, procs = start_all(tmp, args.workers)
+        servers = start_all(tmp, args.workers, procs)
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
         for number in range(1, args.rounds + 1):
             for name in SERVERS:
