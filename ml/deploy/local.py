@@ -314,7 +314,7 @@ def start_server(model_name: str, version: str, model_path: Path, sha256: str, h
                         sha256=sha256, started_at=datetime.now(UTC).isoformat(timespec="seconds"),
                         pid_started=start_time(process.pid), status="starting", handoff=handoff.supported())
     _write_state(model_name, state, "candidate")
-    ready_url = _url(handoff.smoke_host(host), smoke_port) if smoke_port else state.url
+    ready_url = _check_url(state, smoke_port)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -326,6 +326,24 @@ def start_server(model_name: str, version: str, model_path: Path, sha256: str, h
     stop_server(model_name, state)
     raise RuntimeError(f"server not ready after {timeout_s:.0f}s (deploy.startup_timeout_s); last output:\n"
                        + _tail(folder / "server.log"))
+
+
+def _check_url(state: ServerState, smoke_port: int | None) -> str:
+    """Where a server being started is checked (/ready, its smoke test): its private smoke port if it has one."""
+    return _url(handoff.smoke_host(state.host), smoke_port) if smoke_port else state.url
+
+
+def _trust(model_name: str, state: ServerState) -> None:
+    """`state` passed its smoke test: it is the recorded server now, no longer the candidate."""
+    _write_state(model_name, replace(state, status="serving"))
+    _write_state(model_name, None, "candidate")
+
+
+def _discard(model_name: str, state: ServerState | None) -> None:
+    """The candidate failed: stop it (None: its process is gone already) and forget it."""
+    if state is not None:
+        stop_server(model_name, state)
+    _write_state(model_name, None, "candidate")
 
 
 def _ready(url: str) -> tuple[str, int] | None:
@@ -350,13 +368,12 @@ def _start_and_check(model_name: str, version: str, model_path: Path, sha256: st
                      smoke_port: int | None = None) -> tuple[ServerState | None, SmokeResult]:
     try:
         state = start_server(model_name, version, model_path, sha256, host, port, timeout_s, extra_args, smoke_port)
-    except RuntimeError as exc:
-        _write_state(model_name, None, "candidate")
+    except RuntimeError as exc:  # start_server stopped it, or it exited
+        _discard(model_name, None)
         return None, SmokeResult(False, str(exc))
-    result = smoke(_url(handoff.smoke_host(host), smoke_port) if smoke_port else state.url, version, sha256)
+    result = smoke(_check_url(state, smoke_port), version, sha256)
     if not result.passed:
-        stop_server(model_name, state)
-        _write_state(model_name, None, "candidate")
+        _discard(model_name, state)
         return None, result
     return state, result
 
@@ -441,14 +458,12 @@ def _swap_beside(model_name: str, previous: ServerState, version: str, model_pat
                             result.to_dict())
     problem = _take_over(model_name, previous, candidate, timeout_s)
     if problem is not None:
-        stop_server(model_name, candidate)
-        _write_state(model_name, None, "candidate")
+        _discard(model_name, candidate)
         _signal(previous, handoff.PIN_SIGNAL)
         return DeployResult("local", version, previous.version, "rolled_back", True, previous.url,
                             f"v{version} passed its smoke test but could not take over {previous.url} ({problem}); "
                             f"v{previous.version} kept serving", result.to_dict())
-    _write_state(model_name, replace(candidate, status="serving"))
-    _write_state(model_name, None, "candidate")
+    _trust(model_name, candidate)
     return DeployResult("local", version, previous.version, "deployed", False, candidate.url,
                         f"v{version} serving at {candidate.url}, took over from v{previous.version} without a gap: "
                         f"{result.detail}", result.to_dict())
@@ -509,8 +524,7 @@ def _stop_and_start(model_name: str, previous: ServerState | None, version: str,
     state, result = _start_and_check(model_name, version, model_path, sha256, host, port, timeout_s, smoke,
                                      extra_args)
     if state is not None:
-        _write_state(model_name, replace(state, status="serving"))
-        _write_state(model_name, None, "candidate")
+        _trust(model_name, state)
         return DeployResult("local", version, previous.version if previous else None, "deployed", False,
                             state.url, f"v{version} serving at {state.url}: {result.detail}", result.to_dict())
     log.error("v%s failed its smoke test: %s", version, result.detail)
@@ -521,12 +535,12 @@ def _stop_and_start(model_name: str, previous: ServerState | None, version: str,
                             result.to_dict())
     restored, back = _start_and_check(model_name, previous.version, Path(previous.model_path), previous.sha256,
                                       previous.host, previous.port, timeout_s, smoke)
-    _write_state(model_name, replace(restored, status="serving") if restored else None)
-    _write_state(model_name, None, "candidate")
     if restored is None:
+        _write_state(model_name, None)
         return DeployResult("local", version, previous.version, "failed", False, None,
                             f"v{version} failed ({result.detail}) and restarting v{previous.version} failed too "
                             f"({back.detail})", result.to_dict())
+    _trust(model_name, restored)
     return DeployResult("local", version, previous.version, "rolled_back", True, restored.url,
                         f"v{version} failed ({result.detail}); rolled back to v{previous.version}",
                         result.to_dict())

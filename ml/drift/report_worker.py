@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ml.config import ModelConfig
+
 log = logging.getLogger(__name__)
 
 #: longest wait for the child's answer: the report on 5,000-row samples takes about 1.5 s
@@ -93,6 +95,11 @@ def pays_off() -> bool:
     to overlap with the child's 3.5 s); in a process that has imported MLflow or Evidently already
     (`airflow dags test` runs every task in one process) rendering here is faster."""
     return "mlflow" not in sys.modules and "evidently" not in sys.modules
+
+
+def wanted(config: ModelConfig) -> bool:
+    """A drift step of `config` in this process starts the worker: it renders a report, and the worker pays."""
+    return config.drift.report_rows > 0 and pays_off()
 
 
 @contextlib.contextmanager

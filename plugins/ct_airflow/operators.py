@@ -145,13 +145,10 @@ class DriftCheckOperator(StepOperator):
     operator_extra_links = (MlflowRunLink(), DriftReportLink())
 
     def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
-        from ml.drift.report_worker import beside, pays_off
-
-        if not pays_off():  # this process has MLflow already (`airflow dags test`): render the report here
-            return contextlib.nullcontext({})
         from ml.config import load_config
+        from ml.drift.report_worker import beside, wanted
 
-        return beside(load_config(self.config_path).drift.report_rows > 0)  # Evidently imports meanwhile
+        return beside(wanted(load_config(self.config_path)))  # Evidently imports meanwhile
 
     def after_step(self, context: Context, ctx: RunContext, record: StepRecord) -> None:
         from ml.tracking import artifact_url
