@@ -15,6 +15,8 @@ from ml.state import Step, Validation, now
 from ml.steps import SNAPSHOT, snapshot_current
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pandas as pd
     from mlflow.entities.model_registry import ModelVersion
 
@@ -247,6 +249,13 @@ def performance(run: StepRun) -> PerformanceResult:
                               confidence=config.gates.confidence)
 
 
+def hours_since(as_of: datetime, created_ms: int) -> float:
+    """Hours from a version's registration (MLflow's milliseconds) to `as_of`, never negative: `as_of` is the
+    run's start to the second, so a run started within the second its champion was registered in would
+    otherwise be "-0.00001 h" after it, and even `policy.cooldown: null` (0 h) would count that as within."""
+    return max(0.0, (as_of.timestamp() * 1000 - created_ms) / 3_600_000)
+
+
 def policy_inputs(run: StepRun, validation: Validation, trained_on_current: bool) -> PolicyInputs:
     """What the retrain policy needs from the registry and from this model's earlier runs (MLflow), asked
     for only where the config's policy uses it."""
@@ -258,7 +267,7 @@ def policy_inputs(run: StepRun, validation: Validation, trained_on_current: bool
     as_of = datetime.fromisoformat(validation.started_at)
     hours = None
     if run.champion is not None and run.champion.creation_timestamp:
-        hours = (as_of.timestamp() * 1000 - run.champion.creation_timestamp) / 3_600_000
+        hours = hours_since(as_of, run.champion.creation_timestamp)
     labelled_rows = validation.rows.get("current_labelled") or 0
     recent: list[bool | None] = []
     if rules.k_of_n and rules.k_of_n[1] > 1:

@@ -114,3 +114,22 @@ def test_cooldown_and_budget_read_the_registry_and_the_runs(ct_home, tmp_path):
     result = run_pipeline(drifted, "r2").to_dict()
     assert result["status"] == "skipped" and result["reason"].startswith("retrain budget spent: 1 retrains"), \
         result["reason"]
+
+
+def test_a_run_started_in_the_second_its_champion_was_registered_is_not_within_a_null_cooldown():
+    """The run's start is kept to the second, the version's registration to the millisecond: the hours between
+    them are never negative, so `policy.cooldown: null` never skips a drifted window."""
+    from datetime import UTC, datetime
+
+    from ml.steps.check import hours_since
+
+    as_of = datetime(2026, 12, 4, 20, 26, 40, tzinfo=UTC)  # started_at, truncated to the second
+    registered_ms = int(as_of.timestamp() * 1000) + 48  # the champion, 48 ms into that second
+    hours = hours_since(as_of, registered_ms)
+    assert hours == 0.0
+    assert hours_since(as_of, registered_ms - 3_600_048) == pytest.approx(1.0)
+    result = run(PolicyInputs(new_labelled_rows=500, hours_since_retrain=hours), drift=drift(2))
+    assert result.decision == "retrain" and result.rule == "data_drift"
+    cooled = run(PolicyInputs(new_labelled_rows=500, hours_since_retrain=hours), policy_config(cooldown="1h"),
+                 drift=drift(2))
+    assert cooled.decision == "skip" and cooled.rule == "cooldown"
