@@ -402,9 +402,10 @@ def model_frame(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
 
 
 def stacked_model_frame(parts: list[tuple[pd.DataFrame, np.ndarray | None]], config: ModelConfig) -> pd.DataFrame:
-    """The model frame of the rows `rows` (positions, None: every row) of each frame, one part after the other
-    (index 0..n-1): `model_frame(pd.concat([frame.iloc[rows], ...], ignore_index=True))` without copying the
-    frames' other columns."""
+    """The training frame: the model frame of the rows `rows` (positions, None: every row) of each frame, one
+    part after the other (index 0..n-1), `model_frame(pd.concat([frame.iloc[rows], ...], ignore_index=True))`
+    without copying the frames' other columns, its numeric columns in float32: the precision the ONNX model
+    reads its inputs in, which halves every matrix the pipeline builds while it fits."""
     import numpy as np
     import pandas as pd
 
@@ -414,7 +415,7 @@ def stacked_model_frame(parts: list[tuple[pd.DataFrame, np.ndarray | None]], con
 
     out = pd.DataFrame(index=pd.RangeIndex(sum(len(f) if r is None else len(r) for f, r in parts)))
     for col in config.features.numeric:
-        out[col] = stacked(_numeric, col)
+        out[col] = stacked(_numeric, col).astype(np.float32)
     for col in config.features.categorical:
         out[col] = stacked(_categorical, col)
     return out

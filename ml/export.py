@@ -62,6 +62,7 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str], seen: pd.Dat
     inputs = [(c, FloatTensorType([None, 1])) for c in config.features.numeric]
     inputs += [(c, StringTensorType([None, 1])) for c in config.features.categorical]
     classifier = pipeline.steps[-1][1]
+    _register_imputer_converter()
     opset = None
     if type(classifier).__module__.startswith("lightgbm."):
         opset = _register_lightgbm_converter()
@@ -92,6 +93,19 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str], seen: pd.Dat
         prop.key, prop.value = META_PREFIX + key, value
     model.producer_name = "ct-retraining"
     return model.SerializeToString()
+
+
+@cache
+def _register_imputer_converter() -> None:
+    """ml.imputer.MedianImputer converts as the SimpleImputer it is (only its fit differs)."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+    from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+
+    from ml.imputer import MedianImputer
+
+    update_registered_converter(MedianImputer, "SklearnMedianImputer", calculate_sklearn_imputer_output_shapes,
+                                convert_sklearn_imputer)
 
 
 @cache

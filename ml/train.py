@@ -223,24 +223,27 @@ _PROBE_ROWS = 200
 
 def build_pipeline(config: ModelConfig, estimator: str | None = None, params: dict[str, Any] | None = None) -> Any:
     """Unfitted Pipeline: median-impute (+ scale, for estimators that want it) numerics, one-hot
-    categoricals, then the estimator (default: the config's, with model.params as given)."""
+    categoricals, then the estimator (default: the config's, with model.params as given). Fitted on the
+    float32 training frame (ml.data.stacked_model_frame), it builds float32 matrices throughout."""
+    import numpy as np
     from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     from ml.estimators import build_estimator, wants_scaling
+    from ml.imputer import MedianImputer
 
     name = estimator or config.model.estimator
     steps = []
     if config.features.numeric:
-        numeric_steps = [("impute", SimpleImputer(strategy="median"))]
+        numeric_steps = [("impute", MedianImputer(strategy="median"))]
         if wants_scaling(name):
             numeric_steps.append(("scale", StandardScaler()))
         numeric = Pipeline(numeric_steps)
         steps.append(("numeric", numeric, list(config.features.numeric)))
     if config.features.categorical:
-        steps.append(("categorical", OneHotEncoder(handle_unknown="ignore"), list(config.features.categorical)))
+        encoder = OneHotEncoder(handle_unknown="ignore", dtype=np.float32)
+        steps.append(("categorical", encoder, list(config.features.categorical)))
     classifier = build_estimator(name, config.model.params if params is None else params, config.training.seed)
     return Pipeline([("features", ColumnTransformer(steps)), ("classifier", classifier)])
 

@@ -207,7 +207,10 @@ def test_the_stacked_model_frame_is_the_model_frame_of_the_concatenated_rows(con
     frame.loc[frame.index[3:9], "salary"] = float("nan")
     rows = np.array([5, 3, 150, 3])
     expected = model_frame(pd.concat([frame, frame.iloc[rows]], ignore_index=True), config)
-    pd.testing.assert_frame_equal(stacked_model_frame([(frame, None), (frame, rows)], config), expected)
+    expected = expected.astype({c: np.float32 for c in config.features.numeric})  # what ONNX reads
+    stacked = stacked_model_frame([(frame, None), (frame, rows)], config)
+    assert all(stacked[c].dtype == np.float32 for c in config.features.numeric)
+    pd.testing.assert_frame_equal(stacked, expected)
 
 
 def test_a_parquet_window_is_read_for_the_columns_asked_for(tmp_path, config):
