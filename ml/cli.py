@@ -348,14 +348,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _step_command(args: argparse.Namespace, config: ModelConfig, step: Step, key: str) -> int:
     """One pipeline step: refused before an MLflow run is opened for it when another run holds the model's
     lease (run_step checks again, under the lock); its result as JSON on stdout, `--out` copies."""
-    from ml.drift.report_worker import beside, wanted
+    from ml.drift.report_worker import beside
     from ml.locks import check_lease
     from ml.pipeline import run_step
     from ml.state import RunState, Step
     from ml.tracking import open_run
 
     check_lease(config.name, key)
-    with beside(step is Step.DRIFT and wanted(config)) as kwargs:  # Evidently imports meanwhile
+    with beside(config if step is Step.DRIFT else None) as kwargs:  # Evidently imports meanwhile
         ctx = open_run(config, key)
         kwargs |= {"force_retrain": args.force_retrain} if step is Step.DECIDE else {}
         try:

@@ -134,10 +134,12 @@ def run_pipeline(config: ModelConfig, run_key: str, *, force_retrain: bool = Fal
     """The whole pipeline in this process, holding the model's lock throughout (a second run of the model
     waits CT_LOCK_TIMEOUT_S, then is refused naming this one); always ends with the run record (returned),
     unless the tracking server stopped answering (TrackingUnavailable, naming the step)."""
+    from ml.drift.report_worker import start_early
     from ml.locks import model_lock, take_lease
 
     with model_lock(config.name, run_key=run_key, what="python -m ml run"):
         take_lease(config.name, run_key, process=True)
+        start_early(config)  # the drift report's Evidently imports while MLflow does and validate runs
         ctx = owned_run(config, run_key, tags={"ct.dag_run_id": dag_run_id} if dag_run_id else None)
         kwargs: dict[Step, dict[str, Any]] = {Step.VALIDATE: {"dag_id": dag_id, "dag_run_id": dag_run_id},
                                               Step.DECIDE: {"force_retrain": force_retrain}}
@@ -146,12 +148,14 @@ def run_pipeline(config: ModelConfig, run_key: str, *, force_retrain: bool = Fal
 
 def _run_steps(config: ModelConfig, ctx: RunContext, kwargs: dict[Step, dict[str, Any]]) -> CTError | None:
     """Every step the run's decisions call for; the error that stopped the run, if one did."""
+    from ml.drift.report_worker import beside
     from ml.tracking import TrackingUnavailable
 
     try:
         state = RunState.load(ctx)  # earlier attempts count for train's once-per-run registration
         for step in CHECK_STEPS:
-            state = state.with_record(run_step(step, ctx, state=state, **kwargs.get(step, {})))
+            with beside(config if step is Step.DRIFT else None) as extra:
+                state = state.with_record(run_step(step, ctx, state=state, **kwargs.get(step, {}), **extra))
         if state.get(Step.DECIDE, Decision).decision == "retrain":  # type: ignore[union-attr]
             for step in retrain_steps(config):
                 state = state.with_record(run_step(step, ctx, state=state))

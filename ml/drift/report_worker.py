@@ -8,11 +8,17 @@ Parquet files beside the report). The parent adds the banner as before (ml.drift
 child fail in any way (it died, answered nothing, answered an error), the parent renders the report
 itself, so the step's outcome never depends on it.
 
+A process that runs the steps before drift too (`python -m ml run`; `airflow dags test`, which runs every
+task of the DAG run in one process) starts the worker when the run starts (`start_early`): Evidently then
+imports while validate and performance run, and the drift step finds it ready. An early worker the run
+never uses (the contract blocked it) is killed when the process exits.
+
     python -m ml.drift.report_worker      # reads one job (a JSON line) on stdin, answers one on stdout
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -77,6 +83,13 @@ class ReportWorker:
             raise ValueError(answer["error"])
         return answer["columns"]
 
+    def discard(self) -> None:
+        """End the child unused, at once (it may be in the middle of importing Evidently)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.close()
+
     def close(self) -> None:
         if self.process.poll() is None:
             with contextlib.suppress(OSError):
@@ -102,11 +115,35 @@ def wanted(config: ModelConfig) -> bool:
     return config.drift.report_rows > 0 and pays_off()
 
 
+#: model name -> the worker started when its run started in this process (start_early), until a drift step takes it
+_EARLY: dict[str, ReportWorker] = {}
+
+
+def start_early(config: ModelConfig) -> None:
+    """Start the worker of `config`'s drift step now, for a process that runs the steps before it too: Evidently
+    imports meanwhile. Nothing when the report is off, Evidently is imported already or a worker is waiting."""
+    if config.drift.report_rows <= 0 or "evidently" in sys.modules or config.name in _EARLY:
+        return
+    worker = _EARLY[config.name] = ReportWorker()
+    atexit.register(worker.discard)  # a no-op once the drift step has used and closed it
+
+
+def _take_early(name: str) -> ReportWorker | None:
+    worker = _EARLY.pop(name, None)
+    if worker is not None and worker.process.poll() is not None:
+        worker.close()
+        return None
+    return worker
+
+
 @contextlib.contextmanager
-def beside(enabled: bool) -> Iterator[dict[str, Any]]:
-    """The drift step's keyword arguments with a report worker started now ({} when not `enabled`: another
-    step, or the report turned off); the worker is ended on the way out, whatever happened."""
-    worker = ReportWorker() if enabled else None
+def beside(config: ModelConfig | None) -> Iterator[dict[str, Any]]:
+    """The drift step's keyword arguments with a report worker ({} for None: another step): the one started
+    early in this process, else one started now where it pays off (`wanted`); none with the report off. The
+    worker is ended on the way out, whatever happened."""
+    worker = None
+    if config is not None:
+        worker = _take_early(config.name) or (ReportWorker() if wanted(config) else None)
     try:
         yield {"report_worker": worker} if worker is not None else {}
     finally:

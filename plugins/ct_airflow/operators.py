@@ -57,6 +57,16 @@ def fail_task(exc: BaseException) -> NoReturn:
     raise exc
 
 
+def runs_every_task_here() -> bool:
+    """True under `dag.test()` / `airflow dags test`, which run every task of the DAG run in this process (the
+    Task SDK's in-process supervisor); a scheduler's worker runs each task in a process of its own."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:
+        return False
+    return type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ == "InProcessSupervisorComms"
+
+
 def step_summary(run_key: str, mlflow_run_id: str, record: StepRecord) -> dict[str, Any]:
     """What a step task returns to XCom: the run, and the step result's summary (the rest is in MLflow)."""
     summary = record.result.summary() if record.result is not None else {}
@@ -137,6 +147,14 @@ class ValidateDataOperator(StepOperator):
         return {"dag_id": self.dag_id, "dag_run_id": context["run_id"],
                 "as_of": run_after.isoformat() if run_after is not None else None}
 
+    def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        if runs_every_task_here():  # this process runs the drift task too: its Evidently imports from now on
+            from ml.config import load_config
+            from ml.drift.report_worker import start_early
+
+            start_early(load_config(self.config_path))
+        return super().beside_step()
+
 
 class DriftCheckOperator(StepOperator):
     """Drift per column and for the dataset; the Evidently HTML report logged to MLflow."""
@@ -146,9 +164,9 @@ class DriftCheckOperator(StepOperator):
 
     def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
         from ml.config import load_config
-        from ml.drift.report_worker import beside, wanted
+        from ml.drift.report_worker import beside
 
-        return beside(wanted(load_config(self.config_path)))  # Evidently imports meanwhile
+        return beside(load_config(self.config_path))  # Evidently imports meanwhile (or did, since validate)
 
     def after_step(self, context: Context, ctx: RunContext, record: StepRecord) -> None:
         from ml.tracking import artifact_url

@@ -97,3 +97,34 @@ def test_config_branches_follow_the_setting_and_an_override(tmp_path):
     with pytest.raises(AirflowFailException, match="not found"):
         ops.ConfigBranchOperator(task_id="b", config_path=str(tmp_path / "missing.yaml"), setting="deploy.target",
                                  branches={"local": "d"}).choose_branch({})
+
+
+def test_runs_every_task_here_under_dag_test_and_not_outside_a_task(airflow_db, tmp_path):
+    """`dag.test()` runs its tasks in this process (the validate task then starts the drift report's Evidently
+    process early, ml.drift.report_worker.start_early); outside a task it is False."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    answer = tmp_path / "answer.txt"
+    (tmp_path / "probe_dag.py").write_text(f"""
+from datetime import UTC, datetime
+from pathlib import Path
+
+from airflow.sdk import DAG, task
+
+with DAG("ct-in-process-probe", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
+    @task
+    def probe() -> None:
+        from ct_airflow.operators import runs_every_task_here
+
+        Path({str(answer)!r}).write_text(str(runs_every_task_here()))
+
+    probe()
+""")
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)  # dag.test() runs DAGs its bundles know
+    bag.get_dag("ct-in-process-probe").test()
+    assert answer.read_text() == "True"
+    assert ops.runs_every_task_here() is False

@@ -27,9 +27,8 @@ def _drift(config, tmp_path, worker):
 
 def test_the_worker_renders_the_report_the_step_would_render(config, tmp_path):
     here = _drift(config, tmp_path / "here", None)
-    with beside(True) as kwargs:
-        worker = kwargs["report_worker"]
-        beside_ = _drift(config, tmp_path / "beside", worker)
+    worker = ReportWorker()
+    beside_ = _drift(config, tmp_path / "beside", worker)
     assert worker.process.returncode == 0  # it answered and ended
     for result in (here, beside_):
         text = open(result.report_path, encoding="utf-8").read()
@@ -57,9 +56,46 @@ def test_a_job_the_worker_cannot_render_comes_back_as_an_error(tmp_path):
     assert worker.render(job, reference, current) is None and worker.process.poll() is not None
 
 
-def test_without_the_report_no_worker_is_started():
-    with beside(False) as kwargs:
+def test_without_the_report_no_worker_is_started(config):
+    with beside(None) as kwargs:  # not the drift step
         assert kwargs == {}
+    with beside(config.model_copy(update={"drift": config.drift.model_copy(update={"report_rows": 0})})) as kwargs:
+        assert kwargs == {}
+
+
+_EARLY_SCRIPT = """
+import sys, time
+from ml.config import load_config
+from ml.drift import report_worker
+config = load_config(sys.argv[1])
+report_worker.start_early(config)
+early = report_worker._EARLY[config.name]
+print(early.process.pid, flush=True)
+if sys.argv[2] == "use":
+    with report_worker.beside(config) as kwargs:
+        assert kwargs["report_worker"] is early, kwargs
+    assert early.process.poll() is not None  # ended with the step
+    with report_worker.beside(config) as kwargs:  # taken once: the next drift step starts its own, if it pays
+        assert kwargs.get("report_worker") is not early
+"""
+
+
+@pytest.mark.parametrize("use", ["use", "exit"])
+def test_a_worker_started_early_is_the_drift_steps_or_killed_at_exit(tmp_path, use):
+    """`start_early` (python -m ml run, airflow dags test) leaves the worker for the drift step of the same
+    model; one that no drift step took is gone once the process has exited."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", _EARLY_SCRIPT, str(DEMO_CONFIG), use], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pid = int(done.stdout.split()[0])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_the_worker_is_started_only_where_it_pays_off():
