@@ -115,7 +115,8 @@ class StepOperator(PipelineOperator):
 
     def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
         """More keyword arguments of the step, from helpers started before the run context opens (the drift
-        step's Evidently process); none by default."""
+        step's Evidently process, which validate starts already where the DAG run is one process); none by
+        default."""
         return contextlib.nullcontext({})
 
     def execute(self, context: Context) -> dict[str, Any]:

@@ -52,3 +52,16 @@ def test_it_converts_to_onnx_as_the_simple_imputer_it_is():
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (imputed,) = session.run(None, {"x": x})
     np.testing.assert_allclose(imputed, fitted.transform(x), rtol=0, atol=0)
+
+
+def test_the_median_fit_does_not_sort_the_whole_matrix(monkeypatch):
+    """The point of the class: np.ma.median (three copies of the matrix) is not what fits it, so a scikit-learn
+    release that stopped calling the overridden fit would fail here instead of quietly costing the memory."""
+    def whole_matrix_median(*args, **kwargs):
+        raise AssertionError("np.ma.median called")
+
+    monkeypatch.setattr(np.ma, "median", whole_matrix_median)
+    x = _matrix(100, np.float32)
+    with pytest.raises(AssertionError, match="np.ma.median"):
+        SimpleImputer(strategy="median").fit(x)
+    assert MedianImputer(strategy="median").fit(x).statistics_.shape == (5,)
