@@ -64,7 +64,7 @@ def test_without_the_report_no_worker_is_started(config):
 
 
 _EARLY_SCRIPT = """
-import sys, time
+import sys
 from ml.config import load_config
 from ml.drift import report_worker
 config = load_config(sys.argv[1])
