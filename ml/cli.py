@@ -238,6 +238,9 @@ def _rollback(config: Any, reason: str, version: str | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ml import startup
+
+    startup.begin()  # until MLflow is imported (ml.tracking.mlflow_client), or the command's work begins
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # hand over to the server's own CLI, flags untouched
         os.execv(sys.executable, [sys.executable, "-m", "ml.serving", *argv[1:]])
@@ -303,6 +306,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     check_config_digest(args.config)
     config = load_config(args.config).with_data(args.reference, args.current)
+    if args.command not in STEP_COMMANDS and args.command not in ("run", "record"):
+        from ml import startup
+
+        startup.end()  # not a pipeline step: its start-up ends here (ml.startup), whatever it reads next
     if args.command == "status":
         _emit(_status(config))
         return 0

@@ -153,7 +153,11 @@ def mlflow_client() -> MlflowClient:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    from ml import startup
+
+    startup.end()  # MLflow and its store are imported: a CLI process's start-up is over (ml.startup)
+    return client
 
 
 class TrackingUnavailable(StateError):

@@ -152,11 +152,16 @@ def beside(config: ModelConfig | None) -> Iterator[dict[str, Any]]:
 
 
 def main() -> int:
+    from ml import startup
+
     answers, sys.stdout = sys.stdout, sys.stderr  # whatever a library prints stays off the answer channel
+    startup.begin()
     import evidently  # noqa: F401 - the point of this process: imported while the parent does the rest
     import pandas as pd
 
     from ml.drift.report import render
+
+    startup.end()
 
     line = sys.stdin.readline()
     if not line:

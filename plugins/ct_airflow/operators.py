@@ -94,12 +94,20 @@ class PipelineOperator(BaseOperator):
         self.run_key = run_key
 
     def run_context(self) -> RunContext:
-        """The run's MLflow context for the rendered fields (reads the config file); notes the run's link."""
-        from ml.config import load_config
-        from ml.tracking import open_run, run_url
+        """The run's MLflow context for the rendered fields (reads the config file); notes the run's link. The
+        task's first imports of ml and MLflow run without the garbage collector's full passes (ml.startup): in
+        a task process those would walk all of Airflow's objects again and again."""
+        from ml import startup
 
-        config = load_config(self.config_path).with_data(self.reference_path or None, self.current_path or None)
-        ctx = open_run(config, self.run_key)
+        startup.begin()
+        try:
+            from ml.config import load_config
+            from ml.tracking import open_run, run_url
+
+            config = load_config(self.config_path).with_data(self.reference_path or None, self.current_path or None)
+            ctx = open_run(config, self.run_key)
+        finally:
+            startup.end()
         note_link(self, MLFLOW_RUN, run_url(ctx.experiment_id, ctx.mlflow_run_id))
         return ctx
 
