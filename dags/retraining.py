@@ -34,6 +34,7 @@ from ct_airflow.operators import (
     DecideBranchOperator,
     DeployLocalOperator,
     DriftCheckOperator,
+    DriftReportOperator,
     GatesOperator,
     PerformanceCheckOperator,
     PromoteOperator,
@@ -50,7 +51,10 @@ DOCS = {
     "validate_data": "Reads the reference and current windows, hashes them and checks the **data contract** "
                      "(columns, types, ranges, nulls, unseen categories). Fails closed, naming every violation: "
                      "the run is *blocked*. Pins the champion the whole run compares with.",
-    "drift": "Drift per feature and for the dataset (Evidently). The **Drift report** link opens the HTML report.",
+    "drift": "Drift per feature and for the dataset, on every row: a significance test per column with the "
+             "false discovery rate controlled across columns, and the statistic Evidently would report.",
+    "drift_report": "Evidently's HTML drift report on a sample of each window (the **Drift report** link opens "
+                    "it). Beside the decision path: nothing waits for it but the run record.",
     "performance": "The champion's metric on the labelled current rows against its holdout metric (decay).",
     "decide": "**retrain** or **skip**, with the reason (README \"What a run decides\"). XCom `decision`.",
     "skip": "Nothing changed enough to retrain; the run record says why.",
@@ -114,6 +118,7 @@ def retraining_dag(model: Model) -> DAG:
             drift = DriftCheckOperator(task_id="drift", doc_md=DOCS["drift"], **paths)
             performance = PerformanceCheckOperator(task_id="performance", doc_md=DOCS["performance"], **paths)
             validate >> [drift, performance]
+        drift_report = DriftReportOperator(task_id="drift_report", doc_md=DOCS["drift_report"], **paths)
 
         with TaskGroup("retrain", tooltip="train a challenger where configured, gate it, register it") as retrain:
             train = {
@@ -162,6 +167,7 @@ def retraining_dag(model: Model) -> DAG:
         check >> decide >> [retrain, skip]
         retrain >> release
         [release, skip] >> record
+        drift >> drift_report >> record
     return apply_task_timeouts(dag, config)  # execution_timeout of every task, per kind, from the config
 
 

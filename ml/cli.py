@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ml")
 
 #: Command name -> pipeline step (ml.state.Step values): `validate-data` is the validate step.
-STEP_COMMANDS = {"validate-data": "validate", "drift": "drift", "performance": "performance", "decide": "decide",
-                 "train": "train", "gates": "gates", "register": "register", "deploy": "deploy",
-                 "promote": "promote"}
+STEP_COMMANDS = {"validate-data": "validate", "drift": "drift", "drift-report": "drift_report",
+                 "performance": "performance", "decide": "decide", "train": "train", "gates": "gates",
+                 "register": "register", "deploy": "deploy", "promote": "promote"}
 
 
 def step_argv(step: str, config_path: str, run_key: str, reference_path: str | None = None,
@@ -358,11 +358,12 @@ def _step_command(args: argparse.Namespace, config: ModelConfig, step: Step, key
     from ml.drift.report_worker import beside
     from ml.locks import check_lease
     from ml.pipeline import run_step
-    from ml.state import RunState, Step
+    from ml.state import SIDE_STEPS, RunState, Step
     from ml.tracking import open_run
 
-    check_lease(config.name, key)
-    with beside(config if step is Step.DRIFT else None) as kwargs:  # Evidently imports meanwhile
+    if step not in SIDE_STEPS:
+        check_lease(config.name, key)
+    with beside(config if step is Step.DRIFT_REPORT else None) as kwargs:  # Evidently imports meanwhile
         ctx = open_run(config, key)
         kwargs |= {"force_retrain": args.force_retrain} if step is Step.DECIDE else {}
         try:
@@ -374,7 +375,7 @@ def _step_command(args: argparse.Namespace, config: ModelConfig, step: Step, key
             raise
     document = {"run_key": key, **result.to_dict()}
     _emit(document)
-    files = [ctx.work_dir / "reports" / "drift_report.html"] if step is Step.DRIFT else []
+    files = [ctx.work_dir / "reports" / "drift_report.html"] if step is Step.DRIFT_REPORT else []
     if step is Step.TRAIN:
         files = [ctx.work_dir / "challenger" / "model.onnx", ctx.work_dir / "challenger" / "holdout.parquet"]
     _copy_out(args.out, args.command, document, files)

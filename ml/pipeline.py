@@ -3,15 +3,17 @@
     check:   validate -> drift -> performance -> decide
     retrain: train -> gates -> register              (only when decide says retrain)
     release: [approve ->] deploy -> promote    (approve only with promotion.approval: required)
+    beside:  drift -> drift_report              (Evidently's HTML report; decides nothing: ml.state.SIDE_STEPS)
 
 `run_step` runs one step (what each Airflow task and each `python -m ml <step>` does): it reads the run
 state once, calls the step function (ml.steps), stores the step's record (result or error) in the run's
 MLflow state, and raises when the outcome must stop the run (`ml.state.step_error`: contract failed, a
 gate failed, the deploy rolled back), so Airflow shows the failing task with the message.
 `run_pipeline` chains the steps in one process (`python -m ml run`) with exactly the functions the DAG
-uses, in the same order. `rollback` and `deploy_version` are the operator's actions, recorded as runs of
-their own through the same step machinery: a decision (the operator's), deploy, promote. Both keep
-`champion` naming what serves: the alias moves only after the version serves, smoke-tested.
+uses, in the same order, and renders the drift report last. `rollback` and `deploy_version` are the
+operator's actions, recorded as runs of their own through the same step machinery: a decision (the
+operator's), deploy, promote. Both keep `champion` naming what serves: the alias moves only after the version
+serves, smoke-tested.
 """
 
 from __future__ import annotations
@@ -23,9 +25,20 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from ml.decision import Decision
+from ml.drift import DriftResult
 from ml.errors import CTError, DeployError, StateError
 from ml.registry import Approval
-from ml.state import CHECK_STEPS, RETRAIN_STEPS, RunState, Step, StepError, StepRecord, new_attempt, step_error
+from ml.state import (
+    CHECK_STEPS,
+    RETRAIN_STEPS,
+    SIDE_STEPS,
+    RunState,
+    Step,
+    StepError,
+    StepRecord,
+    new_attempt,
+    step_error,
+)
 from ml.steps import StepRun, check, release, retrain
 
 if TYPE_CHECKING:
@@ -39,7 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEP_FUNCTIONS: dict[Step, Callable[..., Result]] = {
-    Step.VALIDATE: check.validate, Step.DRIFT: check.drift, Step.PERFORMANCE: check.performance,
+    Step.VALIDATE: check.validate, Step.DRIFT: check.drift, Step.DRIFT_REPORT: check.drift_report,
+    Step.PERFORMANCE: check.performance,
     Step.DECIDE: check.decide, Step.TRAIN: retrain.train, Step.GATES: retrain.gates, Step.REGISTER: retrain.register,
     Step.APPROVE: release.approve, Step.DEPLOY: release.deploy, Step.PROMOTE: release.promote,
 }
@@ -63,6 +77,8 @@ def run_step(step: Step | str, ctx: RunContext, *, state: RunState | None = None
 
     step = Step(step)
     try:
+        if step in SIDE_STEPS:  # beside the decision path: no lock, no lease, no step mark (ml.state)
+            return _run_step(step, ctx, state, kwargs)
         with model_lock(ctx.config.name, run_key=ctx.run_key, what=f"step {step}"):
             take_lease(ctx.config.name, ctx.run_key)
             if step is Step.VALIDATE:
@@ -97,7 +113,9 @@ def _run_step(step: Step, ctx: RunContext, state: RunState | None, kwargs: dict[
     if attempt is None:
         raise StateError(f"run {ctx.run_key!r} has no attempt to join: start it with `validate-data` (same "
                          f"--run-key), or run the whole pipeline with `python -m ml run`")
-    ctx.mark_step(step.value)
+    side = step in SIDE_STEPS
+    if not side:
+        ctx.mark_step(step.value)
     log.info("step %s (run %s)", step, ctx.run_key)
     start = time.perf_counter()
     try:
@@ -106,22 +124,23 @@ def _run_step(step: Step, ctx: RunContext, state: RunState | None, kwargs: dict[
         if is_tracking_failure(exc):
             raise  # nothing can be stored: the next attempt or the run record closes the run (ml.record)
         _store(ctx, StepRecord(step, attempt, error=StepError.of(exc), opens_attempt=opens,
-                               seconds=round(time.perf_counter() - start, 3)))
+                               seconds=round(time.perf_counter() - start, 3)), marked=not side)
         raise
     record = StepRecord(step, attempt, result=result, opens_attempt=opens,
                         seconds=round(time.perf_counter() - start, 3))
     log.info("step %s done in %.2f s", step, record.seconds)
-    _store(ctx, record)
+    _store(ctx, record, marked=not side)
     error = step_error(record)
     if error is not None:
         raise error
     return record
 
 
-def _store(ctx: RunContext, record: StepRecord) -> None:
+def _store(ctx: RunContext, record: StepRecord, *, marked: bool) -> None:
     try:
         ctx.save_record(record)
-        ctx.clear_step()
+        if marked:
+            ctx.clear_step()
     except Exception:
         if record.error is None:
             raise
@@ -148,14 +167,13 @@ def run_pipeline(config: ModelConfig, run_key: str, *, force_retrain: bool = Fal
 
 def _run_steps(config: ModelConfig, ctx: RunContext, kwargs: dict[Step, dict[str, Any]]) -> CTError | None:
     """Every step the run's decisions call for; the error that stopped the run, if one did."""
-    from ml.drift.report_worker import beside
     from ml.tracking import TrackingUnavailable
 
+    state = RunState.load(ctx)  # earlier attempts count for train's once-per-run registration
+    failure: CTError | None = None
     try:
-        state = RunState.load(ctx)  # earlier attempts count for train's once-per-run registration
         for step in CHECK_STEPS:
-            with beside(config if step is Step.DRIFT else None) as extra:
-                state = state.with_record(run_step(step, ctx, state=state, **kwargs.get(step, {}), **extra))
+            state = state.with_record(run_step(step, ctx, state=state, **kwargs.get(step, {})))
         if state.get(Step.DECIDE, Decision).decision == "retrain":  # type: ignore[union-attr]
             for step in retrain_steps(config):
                 state = state.with_record(run_step(step, ctx, state=state))
@@ -167,10 +185,26 @@ def _run_steps(config: ModelConfig, ctx: RunContext, kwargs: dict[Step, dict[str
         return exc
     except CTError as exc:
         log.error("%s", exc)
-        return exc
+        failure = exc
     except Exception:
         log.exception("step failed unexpectedly; writing the run record")
-    return None
+    _drift_report(config, ctx, state)
+    return failure
+
+
+def _drift_report(config: ModelConfig, ctx: RunContext, state: RunState) -> None:
+    """The drift report, last: by now the Evidently process started with the run (report_worker.start_early) has
+    imported it. Whatever stopped the run, a drift that was measured gets its report; a report that fails is an
+    error in the record, not the run's outcome."""
+    from ml.drift.report_worker import beside
+
+    if state.get(Step.DRIFT, DriftResult) is None:
+        return
+    try:
+        with beside(config) as extra:
+            run_step(Step.DRIFT_REPORT, ctx, state=state, **extra)
+    except Exception:
+        log.exception("the drift report failed (the run's decisions stand)")
 
 
 def _finish(ctx: RunContext, failure: CTError | None) -> RunRecord:

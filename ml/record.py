@@ -6,7 +6,8 @@ writes it: to the MLflow run (artifact `run_record.json`, tags, run status) and 
 
 status: promoted | skipped | blocked (data contract) | rejected (a gate failed)
         | not_approved (promotion.approval: required, and the version was rejected, timed out or is pending)
-        | rolled_back (deploy failed, previous version restored) | failed (a step errored)
+        | rolled_back (deploy failed, previous version restored)
+        | failed (a step of the decision path errored; a failed drift report is listed in `errors` only)
         | deployed (a deploy that moved no alias)
 
 Outcomes: a run that decided correctly succeeds (promoted, skipped, deployed, and a challenger rejected
@@ -26,10 +27,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from ml.decision import Decision, PerformanceResult
 from ml.deploy import DeployResult
 from ml.drift import DriftResult
+from ml.drift.report import DriftReport
 from ml.gates import GateReport
 from ml.registry import Approval, Promotion, Registration
 from ml.result import Result
-from ml.state import RunState, Step
+from ml.state import SIDE_STEPS, RunState, Step
 from ml.train import TrainResult
 
 if TYPE_CHECKING:
@@ -118,7 +120,7 @@ def run_status(state: RunState) -> Status:
     if not operation and (validation is None or not validation.passed):
         validate = state.record(Step.VALIDATE)
         return "failed" if validate is not None and validate.failed else "blocked"
-    if any(record.failed for step in Step if (record := state.record(step)) is not None):
+    if any(record.failed for step in Step if step not in SIDE_STEPS and (record := state.record(step)) is not None):
         return "failed"
     if decision is not None and decision.decision == "skip":
         return "skipped"
@@ -139,14 +141,15 @@ def run_status(state: RunState) -> Status:
     return "deployed" if deployed is not None and decision is not None and decision.decision == "deploy" else "failed"
 
 
-def _drift_section(drift: DriftResult | None) -> dict[str, Any]:
+def _drift_section(drift: DriftResult | None, report: DriftReport | None) -> dict[str, Any]:
     if drift is None or drift.skipped is not None:
         section: dict[str, Any] = {"dataset_drift": None, "drifted_share": None, "drift_share_threshold": None,
                                    "compared_with": None, "features": {}, "report": None}
         return section | ({"skipped": drift.skipped} if drift is not None else {})
     return {"dataset_drift": drift.dataset_drift, "drifted_share": drift.drifted_share,
             "drift_share_threshold": drift.drift_share_threshold, "compared_with": drift.compared_with,
-            "features": {name: f.to_dict() for name, f in drift.features.items()}, "report": drift.report_path,
+            "features": {name: f.to_dict() for name, f in drift.features.items()},
+            "report": report.report_path if report is not None else None,
             "output": drift.output.to_dict() if drift.output is not None else None}
 
 
@@ -189,7 +192,7 @@ def build_record(state: RunState, *, model: str, run_id: str, finished_at: str |
                   "warnings": validation.warnings if validation else [],
                   "quarantine": {name: q.to_dict() for name, q in validation.quarantine.items()}
                   if validation else {}},
-        drift=_drift_section(state.get(Step.DRIFT, DriftResult)),
+        drift=_drift_section(state.get(Step.DRIFT, DriftResult), state.get(Step.DRIFT_REPORT, DriftReport)),
         performance=_section(perf, ("champion_version", "metric", "on_reference", "on_current", "decayed",
                                     "labelled_rows", "detail", "estimated", "estimate_decayed", "calibrated",
                                     "estimate_error")),

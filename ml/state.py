@@ -28,6 +28,7 @@ from ml.contract import Quarantine
 from ml.decision import Decision, PerformanceResult
 from ml.deploy import DeployResult
 from ml.drift import DriftResult
+from ml.drift.report import DriftReport
 from ml.errors import ContractError, CTError, StateError, rebuild_error
 from ml.gates import GateReport
 from ml.registry import Approval, Promotion, Registration
@@ -47,6 +48,7 @@ class Step(StrEnum):
 
     VALIDATE = "validate"
     DRIFT = "drift"
+    DRIFT_REPORT = "drift_report"
     PERFORMANCE = "performance"
     DECIDE = "decide"
     TRAIN = "train"
@@ -58,6 +60,10 @@ class Step(StrEnum):
 
 
 CHECK_STEPS = (Step.VALIDATE, Step.DRIFT, Step.PERFORMANCE, Step.DECIDE)
+#: Steps beside the decision path: they read the run state and write only their own record and files, so they take
+#: neither the model's lock nor the run's step mark, run while the decision's steps do, and their failure is
+#: reported (the record's `errors`) without failing the run.
+SIDE_STEPS = frozenset({Step.DRIFT_REPORT})
 #: APPROVE runs between REGISTER and DEPLOY only with `promotion.approval: required` (ml.pipeline).
 RETRAIN_STEPS = (Step.TRAIN, Step.GATES, Step.REGISTER, Step.DEPLOY, Step.PROMOTE)
 
@@ -111,7 +117,8 @@ class Validation(Result):
 
 
 RESULT_TYPES: dict[Step, type[Result]] = {
-    Step.VALIDATE: Validation, Step.DRIFT: DriftResult, Step.PERFORMANCE: PerformanceResult,
+    Step.VALIDATE: Validation, Step.DRIFT: DriftResult, Step.DRIFT_REPORT: DriftReport,
+    Step.PERFORMANCE: PerformanceResult,
     Step.DECIDE: Decision, Step.TRAIN: TrainResult, Step.GATES: GateReport, Step.REGISTER: Registration,
     Step.APPROVE: Approval, Step.DEPLOY: DeployResult, Step.PROMOTE: Promotion,
 }

@@ -15,14 +15,13 @@ evaluated columns reaches `drift.drift_share`; with no column evaluated it is in
 
 The reference enters as a `ReferenceProfile` (ml.drift.profile), built once per reference window and
 reused; only the current window is read per run. Evidently itself renders the HTML report, on a bounded
-sample (ml.drift.report).
+sample, in a step of its own beside the decision (ml.drift.report).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ml.data import model_frame
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 
     from ml.config import ModelConfig
     from ml.drift.profile import ColumnProfile, ReferenceProfile
-    from ml.drift.report_worker import ReportWorker
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +57,15 @@ class FeatureDrift(Result):
 class DriftResult(Result):
     """The drift step's result. `skipped` (with no features) when there was no current window to compare."""
 
-    summary_fields = ("dataset_drift", "drifted_share", "drift_share_threshold", "report_path", "skipped",
-                      "decision", "output")
+    summary_fields = ("dataset_drift", "drifted_share", "drift_share_threshold", "skipped", "decision", "output")
 
     dataset_drift: bool | None
     drifted_share: float | None
     drift_share_threshold: float
     features: dict[str, FeatureDrift] = field(default_factory=dict)
-    report_path: str | None = None
-    #: what the current window was compared with (drift.reference), in words
+    #: what the current window was compared with (drift.reference), in words, and that window's sha256
     compared_with: str | None = None
+    reference_sha256: str | None = None
     skipped: str | None = None
     decision: str = "fdr"
     fdr: float = 0.05
@@ -168,10 +165,8 @@ def _decide_fdr(config: ModelConfig, features: dict[str, FeatureDrift]) -> dict[
 
 
 def detect_drift(config: ModelConfig, reference: pd.DataFrame | ReferenceProfile,
-                 current: pd.DataFrame | ReferenceProfile, report_dir: Path | None = None,
-                 report_worker: ReportWorker | None = None) -> DriftResult:
-    """Compare the current window with a reference (each given as raw rows or as its profile); write the
-    HTML report into report_dir when given (rendered by `report_worker` when one was started)."""
+                 current: pd.DataFrame | ReferenceProfile) -> DriftResult:
+    """Compare the current window with a reference (each given as raw rows or as its profile)."""
     from ml.drift.profile import ReferenceProfile
 
     check_methods(config)
@@ -186,17 +181,6 @@ def detect_drift(config: ModelConfig, reference: pd.DataFrame | ReferenceProfile
         features = _decide_fdr(config, features)
     evaluated = [f for f in features.values() if f.drifted is not None]
     share = sum(bool(f.drifted) for f in evaluated) / len(evaluated) if evaluated else None
-    result = DriftResult(dataset_drift=None if share is None else share >= dc.drift_share, drifted_share=share,
-                         drift_share_threshold=dc.drift_share, features=features, decision=dc.decision, fdr=dc.fdr,
-                         min_effect=dc.min_effect if dc.decision == "fdr" else 0.0)
-    if report_dir is not None and dc.report_rows:
-        from dataclasses import replace
-
-        from ml.drift.report import sample, write_report
-
-        path = write_report(config, sample(reference.sample, dc.report_rows, config.training.seed),
-                            sample(current.sample, dc.report_rows, config.training.seed), result,
-                            report_dir / "drift_report.html", reference_rows=reference.rows,
-                            current_rows=current.rows, worker=report_worker)
-        result = replace(result, report_path=str(path))
-    return result
+    return DriftResult(dataset_drift=None if share is None else share >= dc.drift_share, drifted_share=share,
+                       drift_share_threshold=dc.drift_share, features=features, decision=dc.decision, fdr=dc.fdr,
+                       min_effect=dc.min_effect if dc.decision == "fdr" else 0.0)

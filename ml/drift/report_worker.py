@@ -1,17 +1,16 @@
-"""Evidently imported beside the drift step: a child process that renders the HTML report.
+"""Evidently imported beside the drift report step: a child process that renders the HTML report.
 
-Importing Evidently takes about 3 s here, more than the drift statistics on a million rows. A drift step
-started as its own process (`python -m ml drift`, an Airflow task, a pod: `pays_off`) therefore starts
-this child first: it imports Evidently on the second core while the step imports MLflow, opens its run, reads the
-windows and computes the statistics, then renders the report on the samples the step hands it (two
-Parquet files beside the report). The parent adds the banner as before (ml.drift.report). Should the
-child fail in any way (it died, answered nothing, answered an error), the parent renders the report
-itself, so the step's outcome never depends on it.
+Importing Evidently takes about 3.5 s here, more than the drift statistics on a million rows. A drift_report
+step started as its own process (`python -m ml drift-report`, an Airflow task: `pays_off`) therefore starts this
+child first: it imports Evidently on the second core while the step imports MLflow, opens its run and loads the
+stored profiles, then renders the report on the samples the step hands it (two Parquet files beside the
+report). The parent adds the banner (ml.drift.report). Should the child fail in any way (it died, answered
+nothing, answered an error), the parent renders the report itself, so the step's outcome never depends on it.
 
-A process that runs the steps before drift too (`python -m ml run`; `airflow dags test`, which runs every
-task of the DAG run in one process) starts the worker when the run starts (`start_early`): Evidently then
-imports while validate and performance run, and the drift step finds it ready. An early worker the run
-never uses (the contract blocked it) is killed when the process exits.
+A process that runs the steps before it too (`python -m ml run`; `airflow dags test`, which runs every task of
+the DAG run in one process) starts the worker when the run starts (`start_early`): Evidently then imports
+while the decision's steps run, and the report step finds it ready. An early worker the run never uses (the
+contract blocked it) is killed when the process exits.
 
     python -m ml.drift.report_worker      # reads one job (a JSON line) on stdin, answers one on stdout
 """
@@ -111,21 +110,21 @@ def pays_off() -> bool:
 
 
 def wanted(config: ModelConfig) -> bool:
-    """A drift step of `config` in this process starts the worker: it renders a report, and the worker pays."""
+    """A drift report step of `config` in this process starts the worker: it renders a report, and the worker pays."""
     return config.drift.report_rows > 0 and pays_off()
 
 
-#: model name -> the worker started when its run started in this process (start_early), until a drift step takes it
+#: model name -> the worker started when its run started in this process (start_early), until a report step takes it
 _EARLY: dict[str, ReportWorker] = {}
 
 
 def start_early(config: ModelConfig) -> None:
-    """Start the worker of `config`'s drift step now, for a process that runs the steps before it too: Evidently
+    """Start the worker of `config`'s drift report now, for a process that runs the steps before it too: Evidently
     imports meanwhile. Nothing when the report is off, Evidently is imported already or a worker is waiting."""
     if config.drift.report_rows <= 0 or "evidently" in sys.modules or config.name in _EARLY:
         return
     worker = _EARLY[config.name] = ReportWorker()
-    atexit.register(worker.discard)  # a no-op once the drift step has used and closed it
+    atexit.register(worker.discard)  # a no-op once the report step has used and closed it
 
 
 def _take_early(name: str) -> ReportWorker | None:
@@ -138,7 +137,7 @@ def _take_early(name: str) -> ReportWorker | None:
 
 @contextlib.contextmanager
 def beside(config: ModelConfig | None) -> Iterator[dict[str, Any]]:
-    """The drift step's keyword arguments with a report worker ({} for None: another step): the one started
+    """The drift report step's keyword arguments with a report worker ({} for None: another step): the one started
     early in this process, else one started now where it pays off (`wanted`); none with the report off. The
     worker is ended on the way out, whatever happened."""
     worker = None

@@ -1,5 +1,5 @@
 """The DAG's `check` group: validate the data contract, measure drift and the champion's performance,
-decide. Each step is a function of a StepRun returning its typed result."""
+decide; and beside it the drift report. Each step is a function of a StepRun returning its typed result."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ml.errors import DataError
+from ml.errors import DataError, StateError
 from ml.state import Step, Validation, now
 from ml.steps import SNAPSHOT, snapshot_current
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ml.drift import DriftResult
     from ml.drift.output import OutputDrift
     from ml.drift.profile import ReferenceProfile
+    from ml.drift.report import DriftReport
     from ml.drift.report_worker import ReportWorker
     from ml.steps import StepRun
 
@@ -89,10 +90,9 @@ def _read_windows(run: StepRun, base: Validation, champion: ModelVersion | None,
     return base, reference, current
 
 
-def drift(run: StepRun, report_worker: ReportWorker | None = None) -> DriftResult:
+def drift(run: StepRun) -> DriftResult:
     """Drift of the current window against the reference `drift.reference` names (its stored profile when
-    one exists: then only the current window is read). `report_worker`: Evidently started beside the step
-    (ml.drift.report_worker.beside) renders the report."""
+    one exists: then only the current window is read). The HTML report is the drift_report step's."""
     from ml.drift import DriftResult, detect_drift
 
     validation = run.state.require(Step.VALIDATE, Validation)
@@ -104,16 +104,43 @@ def drift(run: StepRun, report_worker: ReportWorker | None = None) -> DriftResul
     sha = validation.current_sha256
     current = load_profile(run, sha) or store_profile(run, run.current, sha)
     log.info("drift: current window (%d rows) vs %s (%d rows)", current.rows, compared_with, profile.rows)
-    result = detect_drift(run.config, profile, current, report_dir=run.ctx.work_dir / "reports",
-                          report_worker=report_worker)
-    if result.report_path:
-        run.ctx.log_artifact(Path(result.report_path), "reports")
+    result = detect_drift(run.config, profile, current)
     if result.drifted_share is not None:
         run.ctx.client.log_metric(run.ctx.mlflow_run_id, "drift.drifted_share", result.drifted_share)
     # the run history policy.k_of_n reads
     run.ctx.client.set_tag(run.ctx.mlflow_run_id, "ct.dataset_drift",
                            {True: "true", False: "false", None: "none"}[result.dataset_drift])
-    return dataclasses.replace(result, compared_with=compared_with, output=_output_drift(run))
+    return dataclasses.replace(result, compared_with=compared_with, reference_sha256=profile.sha256,
+                               output=_output_drift(run))
+
+
+def drift_report(run: StepRun, report_worker: ReportWorker | None = None) -> DriftReport:
+    """Evidently's HTML report of what the drift step measured, on the row samples of the two profiles it
+    compared (nothing is read again), logged to the run as reports/drift_report.html. `report_worker`: Evidently
+    started beside the step (ml.drift.report_worker.beside) renders it."""
+    from ml.drift import DriftResult
+    from ml.drift.report import DriftReport, render_report
+
+    measured = run.state.require(Step.DRIFT, DriftResult)
+    if measured.skipped is not None:
+        return DriftReport(None, skipped=f"drift was not measured: {measured.skipped}")
+    if not run.config.drift.report_rows:
+        return DriftReport(None, skipped="drift.report_rows is 0")
+    current_sha = run.state.require(Step.VALIDATE, Validation).current_sha256
+    reference, current = (_stored_profile(run, sha, what) for sha, what in
+                          ((measured.reference_sha256, "reference"), (current_sha, "current")))
+    report = render_report(run.config, measured, reference, current,
+                           run.ctx.work_dir / "reports" / "drift_report.html", worker=report_worker)
+    run.ctx.log_artifact(Path(report.report_path or ""), "reports")
+    return report
+
+
+def _stored_profile(run: StepRun, sha: str | None, what: str) -> ReferenceProfile:
+    profile = load_profile(run, sha, keep=False) if sha else None
+    if profile is None:
+        raise StateError(f"run {run.ctx.run_key!r}: the profile of the {what} window the drift step compared "
+                         f"(sha256 {sha}) is neither in this machine's cache nor in the run: run drift again")
+    return profile
 
 
 def _output_drift(run: StepRun) -> OutputDrift | None:
@@ -149,25 +176,31 @@ def _reference_profile(run: StepRun) -> tuple[str, ReferenceProfile]:
     return described, load_profile(run, sha) or store_profile(run, run.reference, sha)
 
 
-def load_profile(run: StepRun, sha: str) -> ReferenceProfile | None:
-    """The stored profile of the window with this sha256: this machine's cache, else the champion's run.
-    It is logged to this run too, so the version this run may register carries it."""
+def load_profile(run: StepRun, sha: str, *, keep: bool = True) -> ReferenceProfile | None:
+    """The stored profile of the window with this sha256: this machine's cache, else this run's, else the
+    champion's run. `keep`: log it to this run too (where it is not yet), so the version this run may register
+    carries it."""
     from ml.drift.profile import PROFILES_FOLDER, ReferenceProfile, profile_key
     from ml.tracking import ct_home, download_run_artifact
 
     key = profile_key(run.config, sha)
     cached = ct_home() / "cache" / PROFILES_FOLDER / f"{key}.npz"
-    if not cached.exists() and run.champion is not None and run.champion.run_id:
+    sources = [run.ctx.mlflow_run_id] + ([run.champion.run_id] if run.champion and run.champion.run_id else [])
+    found_in = None
+    for run_id in sources if not cached.exists() else []:
         try:
-            download_run_artifact(run.champion.run_id, f"{PROFILES_FOLDER}/{key}.npz", cached)
-        except Exception:  # the champion's run holds no profile of this window
-            return None
+            download_run_artifact(run_id, f"{PROFILES_FOLDER}/{key}.npz", cached)
+        except Exception:  # that run holds no profile of this window
+            continue
+        found_in = run_id
+        break
     if not cached.exists():
         return None
     profile = ReferenceProfile.from_bytes(cached.read_bytes())
     if profile.sha256 != sha:
         return None
-    run.ctx.log_artifact(cached, PROFILES_FOLDER)
+    if keep and found_in != run.ctx.mlflow_run_id:
+        run.ctx.log_artifact(cached, PROFILES_FOLDER)
     return profile
 
 

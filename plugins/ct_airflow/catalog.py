@@ -99,11 +99,11 @@ def dag_schedule(config: ModelConfig) -> Any:
 
 
 #: Task name (the task id without its group) -> task kind (ml.config.TASK_KINDS) of the DAGs' tasks.
-TASK_KIND = {"validate_data": "validate", "drift": "drift", "performance": "performance", "decide": "decide",
-             "choose_backend": "branch", "choose_target": "branch", "skip": "branch", "train_local": "train",
-             "train_kubernetes": "train", "train_databricks": "train", "gates": "gates", "register": "register",
-             "approve": "approve", "deploy_local": "deploy", "deploy_kubernetes": "deploy", "promote": "promote",
-             "run_record": "record", "rollback": "rollback"}
+TASK_KIND = {"validate_data": "validate", "drift": "drift", "drift_report": "drift", "performance": "performance",
+             "decide": "decide", "choose_backend": "branch", "choose_target": "branch", "skip": "branch",
+             "train_local": "train", "train_kubernetes": "train", "train_databricks": "train", "gates": "gates",
+             "register": "register", "approve": "approve", "deploy_local": "deploy", "deploy_kubernetes": "deploy",
+             "promote": "promote", "run_record": "record", "rollback": "rollback"}
 
 
 def batch_schedule(config: ModelConfig) -> Any:

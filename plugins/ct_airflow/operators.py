@@ -1,6 +1,7 @@
 """The pipeline's operators: one per step, all built on `PipelineOperator`.
 
     ValidateDataOperator -> DriftCheckOperator / PerformanceCheckOperator -> DecideBranchOperator
+                            DriftCheckOperator -> DriftReportOperator (beside the decision path)
     -> ConfigBranchOperator (training.backend) -> TrainOperator -> GatesOperator -> RegisterOperator
     -> [PromotionApprovalOperator (ct_airflow.approval)] -> ConfigBranchOperator (deploy.target)
     -> DeployLocalOperator -> PromoteOperator (emits the model Asset event)
@@ -157,7 +158,7 @@ class ValidateDataOperator(StepOperator):
                 "as_of": run_after.isoformat() if run_after is not None else None}
 
     def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
-        if runs_every_task_here():  # this process runs the drift task too: its Evidently imports from now on
+        if runs_every_task_here():  # this process runs the drift report task too: its Evidently imports from now on
             from ml.config import load_config
             from ml.drift.report_worker import start_early
 
@@ -166,9 +167,16 @@ class ValidateDataOperator(StepOperator):
 
 
 class DriftCheckOperator(StepOperator):
-    """Drift per column and for the dataset; the Evidently HTML report logged to MLflow."""
+    """Drift per column and for the dataset, on every row (the report is DriftReportOperator's)."""
 
     step = "drift"
+
+
+class DriftReportOperator(StepOperator):
+    """Evidently's HTML drift report, logged to MLflow; beside the decision path (nothing waits for it but the
+    run record), so Evidently's import and rendering never delay a decision."""
+
+    step = "drift_report"
     operator_extra_links = (MlflowRunLink(), DriftReportLink())
 
     def beside_step(self) -> contextlib.AbstractContextManager[dict[str, Any]]:

@@ -73,7 +73,10 @@ def test_dag_metadata(repo_bag):
     assert str(record.trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     assert {t.task_id for t in dag.get_task("decide").downstream_list} >= {"skip"}
     assert {a.name for a in dag.get_task("release.promote").outlets} == {"employee-attrition.champion"}
-    assert {link.name for link in dag.get_task("check.drift").operator_extra_links} == {"MLflow run", "Drift report"}
+    assert {link.name for link in dag.get_task("drift_report").operator_extra_links} == {"MLflow run", "Drift report"}
+    # the report is beside the decision path: after drift, before the record, and nothing of the decision waits for it
+    assert dag.get_task("drift_report").upstream_task_ids == {"check.drift"}
+    assert dag.get_task("drift_report").downstream_task_ids == {"run_record"}
     assert "approve" not in {t.task_id.split(".")[-1] for t in dag.tasks}  # promotion.approval: auto
     rollback = repo_bag.get_dag("employee-attrition.rollback")
     assert rollback.schedule is None and {"version", "reason"} <= set(rollback.params)

@@ -167,6 +167,9 @@ def test_covariate_drift_retrains_and_v2_serves(env):
     assert record["challenger_version"] == "2" and record["status"] == "promoted"
     assert registry() == (["1", "2"], "2")
     assert served_version(env) == "2"
+    # the Evidently report, rendered beside the decision path, is in the record the run ended with
+    assert record["_tasks"]["drift_report"] == "success"
+    assert "ct-drift-banner" in Path(record["drift"]["report"]).read_text(encoding="utf-8")
 
 
 def test_rerunning_the_same_dag_run_creates_no_second_version(env):

@@ -38,8 +38,14 @@ def test_steps_chain_through_the_latest_run_and_write_out(config_path, tmp_path)
     result = json.loads(drift.stdout)
     assert result["run_key"] == key and result["dataset_drift"] is True
     assert result["features"]["satisfaction_score"]["drifted"] is True
-    assert (out_dir / "drift.json").exists() and (out_dir / "drift_report.html").stat().st_size > 10_000
+    assert (out_dir / "drift.json").exists() and not (out_dir / "drift_report.html").exists()
     assert not any(line.startswith("{") for line in drift.stderr.splitlines())  # logs stay off stdout
+    report = ml("drift-report", "--config", str(config_path), "--out", str(out_dir), home=home)
+    assert report.returncode == 0, report.stderr
+    rendered = json.loads(report.stdout)
+    assert rendered["run_key"] == key and "satisfaction_score" in rendered["evidently_drifted"]
+    assert (rendered["reference_rows"], rendered["current_rows"]) == (5000, 2000)
+    assert (out_dir / "drift-report.json").exists() and (out_dir / "drift_report.html").stat().st_size > 10_000
 
 
 def test_usage_and_config_errors_exit_2(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from ml.decision import Decision, PerformanceResult
 from ml.deploy import DeployResult
 from ml.drift import DriftResult, FeatureDrift
+from ml.drift.report import DriftReport
 from ml.errors import ContractError, DeployError, GatesFailed, RegistryError, StateError, StepFailed
 from ml.gates import GateReport, GateResult
 from ml.registry import AliasMove, Approval, Promotion, Registration
@@ -26,7 +27,9 @@ EXAMPLES = {
     Step.DRIFT: DriftResult(dataset_drift=True, drifted_share=0.5, drift_share_threshold=0.5,
                             features={"x": FeatureDrift("ks", 0.01, 0.05, True), "y": FeatureDrift("psi", 0.0, 0.2,
                                                                                                   False)},
-                            report_path="/r.html", compared_with="data.reference"),
+                            compared_with="data.reference", reference_sha256="a" * 64),
+    Step.DRIFT_REPORT: DriftReport("/r.html", reference_sample=10, reference_rows=10, current_sample=5, current_rows=5,
+                                   evidently_drifted=["x"]),
     Step.PERFORMANCE: PerformanceResult("1", "roc_auc", 0.8, 0.7, True, 120, 0.05, "dropped"),
     Step.DECIDE: Decision("retrain", "drift", ["data_drift"], force_retrain=False),
     Step.TRAIN: TrainResult(model_id="m-1", model_uri="models:/m-1", onnx_sha256="c" * 64, onnx_size_bytes=10,
@@ -169,7 +172,7 @@ def test_each_step_reads_each_earlier_record_at_most_once(ct_home, config_path, 
     monkeypatch.setattr(LocalArtifactRepository, "_download_file", counting)
     ctx = open_run(load_config(config_path), "counted")
     kwargs = {Step.DECIDE: {"force_retrain": True}}
-    for step in (*CHECK_STEPS, *RETRAIN_STEPS):
+    for step in (*CHECK_STEPS[:2], Step.DRIFT_REPORT, *CHECK_STEPS[2:], *RETRAIN_STEPS):
         stored = {info.path for info in ctx.client.list_artifacts(ctx.mlflow_run_id, "steps")}
         downloads.clear()
         run_step(step, open_run(ctx.config, ctx.run_key), **kwargs.get(step, {}))

@@ -3,10 +3,14 @@ the same report as rendered in-process, and a child that fails never costs the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ml.config import load_config
 from ml.drift import detect_drift
+from ml.drift.profile import ReferenceProfile
+from ml.drift.report import render_report
 from ml.drift.report_worker import ReportWorker, beside
 from tests.conftest import DATA, DEMO_CONFIG
 from tests.ml.drift.test_drift_contract import frames
@@ -18,11 +22,16 @@ def config():
 
 
 def _drift(config, tmp_path, worker):
+    """The drift report step's work: the drift of two profiled windows, rendered from the profiles' samples."""
     import pandas as pd
 
-    reference, current = (pd.read_csv(DATA / name).head(400) for name in ("reference.csv",
-                                                                          "current_covariate_drift.csv"))
-    return detect_drift(config, reference, current, report_dir=tmp_path, report_worker=worker)
+    from ml.data import model_frame
+
+    reference, current = (ReferenceProfile.build(model_frame(pd.read_csv(DATA / name).head(400), config), config,
+                                                 sha256=name, seed=0)
+                          for name in ("reference.csv", "current_covariate_drift.csv"))
+    return render_report(config, detect_drift(config, reference, current), reference, current,
+                         tmp_path / "drift_report.html", worker=worker)
 
 
 def test_the_worker_renders_the_report_the_step_would_render(config, tmp_path):
@@ -30,6 +39,9 @@ def test_the_worker_renders_the_report_the_step_would_render(config, tmp_path):
     worker = ReportWorker()
     beside_ = _drift(config, tmp_path / "beside", worker)
     assert worker.process.returncode == 0  # it answered and ended
+    assert replace(here, report_path=None) == replace(beside_, report_path=None)  # the same Evidently flags
+    assert "satisfaction_score" in here.evidently_drifted
+    assert (here.reference_sample, here.reference_rows, here.current_sample) == (400, 400, 400)
     for result in (here, beside_):
         text = open(result.report_path, encoding="utf-8").read()
         assert "ct-drift-banner" in text and len(text) > 10_000
@@ -75,15 +87,15 @@ if sys.argv[2] == "use":
     with report_worker.beside(config) as kwargs:
         assert kwargs["report_worker"] is early, kwargs
     assert early.process.poll() is not None  # ended with the step
-    with report_worker.beside(config) as kwargs:  # taken once: the next drift step starts its own, if it pays
+    with report_worker.beside(config) as kwargs:  # taken once: the next report starts its own, if it pays
         assert kwargs.get("report_worker") is not early
 """
 
 
 @pytest.mark.parametrize("use", ["use", "exit"])
-def test_a_worker_started_early_is_the_drift_steps_or_killed_at_exit(tmp_path, use):
-    """`start_early` (python -m ml run, airflow dags test) leaves the worker for the drift step of the same
-    model; one that no drift step took is gone once the process has exited."""
+def test_a_worker_started_early_is_the_report_steps_or_killed_at_exit(tmp_path, use):
+    """`start_early` (python -m ml run, airflow dags test) leaves the worker for the drift report step of the same
+    model; one that no report step took is gone once the process has exited."""
     import subprocess
     import sys
 
