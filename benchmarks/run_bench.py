@@ -8,8 +8,9 @@ labelled current window of that many rows (Parquet) into a scratch folder, with 
 MLflow store). Then:
 
 1. bootstrap: `python -m ml run --force-retrain` (no champion yet; trains, gates, registers, serves v1);
-2. the measured run on the drifted window, one process per step: validate-data, drift, performance,
-   decide, train, gates, register, deploy, promote, record (decide forces a retrain so every step runs);
+2. the measured run on the drifted window, one process per step: validate-data, drift, drift-report,
+   performance, decide, train, gates, register, deploy, promote, record (decide forces a retrain so every
+   step runs);
    each step's wall time and peak RSS (os.wait4), next to the step function's own time from the run
    record (`timings`): the difference is process start-up, imports and MLflow set-up;
 3. `python -m ml run` on the same window, whole, for its total and peak memory;
@@ -32,8 +33,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("validate-data", "drift", "performance", "decide", "train", "gates", "register", "deploy", "promote",
-         "record")
+STEPS = ("validate-data", "drift", "drift-report", "performance", "decide", "train", "gates", "register", "deploy",
+         "promote", "record")
 
 
 def free_port() -> int:
@@ -83,7 +84,7 @@ def run_size(rows: int, scratch: Path, dag: bool) -> dict[str, object]:
     record = json.loads(next((scratch / f"ct-{rows}" / "runs").rglob(f"measured-{rows}*/run_record.json"))
                         .read_text())
     for step, seconds in record.get("timings", {}).items():
-        name = "validate-data" if step == "validate" else step
+        name = {"validate": "validate-data"}.get(step, step.replace("_", "-"))  # the step's CLI command
         steps[name]["step_seconds"] = seconds
     whole = timed([*ml, "run", "--config", str(config), "--force-retrain", "--run-key", f"whole-{rows}"], env)
     result: dict[str, object] = {"rows": rows, "steps": steps, "status": record["status"],

@@ -17,14 +17,14 @@ from tests.dags.test_dag_integrity import bag, model_folder
 H = 3600
 #: task name -> execution_timeout (s) with the defaults: task_timeout_s 3600, kubernetes pod 3600 s + 600 s
 #: start-up, Databricks run 7200 s, rollout 300 s; remote steps get 600 s more than their own limit.
-DEFAULTS = {"validate_data": H, "drift": H, "performance": H, "decide": 600, "choose_backend": 600, "skip": 600,
-            "train_local": H, "train_kubernetes": H + 600 + 600, "train_databricks": 7200 + 600, "gates": H,
-            "register": 600, "approve": 600, "choose_target": 600, "deploy_local": H, "deploy_kubernetes": H,
-            "promote": 600, "run_record": 600, "rollback": H}
+DEFAULTS = {"validate_data": H, "drift": H, "drift_report": H, "performance": H, "decide": 600,
+            "choose_backend": 600, "skip": 600, "train_local": H, "train_kubernetes": H + 600 + 600,
+            "train_databricks": 7200 + 600, "gates": H, "register": 600, "approve": 600, "choose_target": 600,
+            "deploy_local": H, "deploy_kubernetes": H, "promote": 600, "run_record": 600, "rollback": H}
 OVERRIDES = {"task_timeout_s": 1200, "task_timeouts": {"train": 9000, "gates": 900, "record": 120, "rollback": 300}}
-WITH_OVERRIDES = DEFAULTS | {"validate_data": 1200, "drift": 1200, "performance": 1200, "train_local": 9000,
-                             "train_kubernetes": 9000, "train_databricks": 9000, "gates": 900, "run_record": 120,
-                             "deploy_local": 1200, "deploy_kubernetes": 1200, "rollback": 300}
+WITH_OVERRIDES = DEFAULTS | {"validate_data": 1200, "drift": 1200, "drift_report": 1200, "performance": 1200,
+                             "train_local": 9000, "train_kubernetes": 9000, "train_databricks": 9000, "gates": 900,
+                             "run_record": 120, "deploy_local": 1200, "deploy_kubernetes": 1200, "rollback": 300}
 
 
 @pytest.fixture(scope="module")

@@ -71,5 +71,8 @@ def test_logged_traffic_drives_the_drift_step(trained, start_server, tmp_path, m
     assert result["features"]["work_hours"]["drifted"] is True, result["features"]["work_hours"]
     assert result["features"]["age"]["drifted"] is False, result["features"]["age"]
     assert result["features"]["department"]["drifted"] is False, result["features"]["department"]
-    assert (tmp_path / "report" / "drift_report.html").is_file()
     assert local_copies[0].is_file()  # fetched back from the MLflow run
+    report = step("drift-report", "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert "work_hours" in json.loads(report.stdout)["evidently_drifted"]
+    assert (tmp_path / "report" / "drift_report.html").is_file()
