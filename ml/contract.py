@@ -16,7 +16,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ml.data import label_key
+from ml.data import label_key, take_rows
 from ml.result import Result
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def screen_window(config: ModelConfig, window: Window) -> tuple[Window, Quaranti
     if quarantine.dropped:
         log.warning("%s: %d of %d rows dropped, they break the contract: %s", window.path, quarantine.dropped,
                     quarantine.rows, quarantine.reasons)
-        frame = frame[~bad].reset_index(drop=True)
+        frame = take_rows(frame, ~bad)
     return dataclasses.replace(window, frame=frame), quarantine
 
 

@@ -354,6 +354,17 @@ def label_keys(values: pd.Series) -> np.ndarray:
     return keys
 
 
+def take_rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """The rows at `positions` (or where a boolean mask is true) as a new frame indexed 0..n-1, copied once:
+    `frame.iloc[positions].reset_index(drop=True)` copies the taken rows a second time (a million-row window's
+    300,000-row holdout: 84 MB live where the rows take 24)."""
+    import pandas as pd
+
+    taken = frame.iloc[positions]
+    taken.index = pd.RangeIndex(len(taken))
+    return taken
+
+
 def labelled(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
     """The rows of a window that carry a label (empty when the target column is absent); the window itself, not
     a copy, when every row does."""
@@ -413,9 +424,14 @@ def stacked_model_frame(parts: list[tuple[pd.DataFrame, np.ndarray | None]], con
         return np.concatenate([canonical(frame[col]) if rows is None else canonical(frame[col])[rows]
                                for frame, rows in parts])
 
-    out = pd.DataFrame(index=pd.RangeIndex(sum(len(f) if r is None else len(r) for f, r in parts)))
-    for col in config.features.numeric:
-        out[col] = stacked(_numeric, col).astype(np.float32)
+    rows = sum(len(f) if r is None else len(r) for f, r in parts)
+    numeric = list(config.features.numeric)
+    # one float32 block for the numeric columns: the pipeline's numeric selection is then one array, not the
+    # interleaved copy of a block per column (52 MB less at 1.7M rows x 8 columns while the model fits)
+    block = np.empty((len(numeric), rows), dtype=np.float32)
+    for i, col in enumerate(numeric):
+        block[i] = stacked(_numeric, col)
+    out = pd.DataFrame(block.T, columns=numeric, copy=False)
     for col in config.features.categorical:
         out[col] = stacked(_categorical, col)
     return out

@@ -62,7 +62,7 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str], seen: pd.Dat
     inputs = [(c, FloatTensorType([None, 1])) for c in config.features.numeric]
     inputs += [(c, StringTensorType([None, 1])) for c in config.features.categorical]
     classifier = pipeline.steps[-1][1]
-    _register_imputer_converter()
+    _register_preprocessing_converters()
     opset = None
     if type(classifier).__module__.startswith("lightgbm."):
         opset = _register_lightgbm_converter()
@@ -96,16 +96,21 @@ def to_onnx(pipeline: Any, config: ModelConfig, classes: list[str], seen: pd.Dat
 
 
 @cache
-def _register_imputer_converter() -> None:
-    """ml.imputer.MedianImputer converts as the SimpleImputer it is (only its fit differs)."""
+def _register_preprocessing_converters() -> None:
+    """ml.preprocessing's MedianImputer and ChunkedScaler convert as the SimpleImputer and StandardScaler they are
+    (only their fit differs)."""
     from skl2onnx import update_registered_converter
     from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+    from skl2onnx.operator_converters.scaler_op import convert_sklearn_scaler
     from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+    from skl2onnx.shape_calculators.scaler import calculate_sklearn_scaler_output_shapes
 
-    from ml.imputer import MedianImputer
+    from ml.preprocessing import ChunkedScaler, MedianImputer
 
     update_registered_converter(MedianImputer, "SklearnMedianImputer", calculate_sklearn_imputer_output_shapes,
                                 convert_sklearn_imputer)
+    update_registered_converter(ChunkedScaler, "SklearnChunkedScaler", calculate_sklearn_scaler_output_shapes,
+                                convert_sklearn_scaler, options={"div": ["std", "div", "div_cast"]})
 
 
 @cache

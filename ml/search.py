@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ml.data import take_rows
 from ml.errors import TrainingError
 from ml.train import CandidateResult, SearchReport
 
@@ -67,7 +68,7 @@ def cv_data(config: ModelConfig, data: TrainingData) -> _CvData:
         raise TrainingError(f"model.estimator auto: a class has {smallest} training row(s), too few to "
                             "cross-validate; add labelled rows or name a model.estimator")
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return _CvData(x=data.x_train.iloc[index].reset_index(drop=True), y=y, weights=data.weights[index],
+    return _CvData(x=take_rows(data.x_train, index), y=y, weights=data.weights[index],
                    folds=list(splitter.split(index, y)))
 
 

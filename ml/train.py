@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ml.data import class_labels, encode_target, labelled, model_frame, stacked_model_frame
+from ml.data import class_labels, encode_target, labelled, model_frame, stacked_model_frame, take_rows
 from ml.errors import TrainingError
 from ml.result import Result
 
@@ -228,17 +228,17 @@ def build_pipeline(config: ModelConfig, estimator: str | None = None, params: di
     import numpy as np
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import OneHotEncoder
 
     from ml.estimators import build_estimator, wants_scaling
-    from ml.imputer import MedianImputer
+    from ml.preprocessing import ChunkedScaler, MedianImputer
 
     name = estimator or config.model.estimator
     steps = []
     if config.features.numeric:
         numeric_steps = [("impute", MedianImputer(strategy="median"))]
         if wants_scaling(name):
-            numeric_steps.append(("scale", StandardScaler()))
+            numeric_steps.append(("scale", ChunkedScaler()))
         numeric = Pipeline(numeric_steps)
         steps.append(("numeric", numeric, list(config.features.numeric)))
     if config.features.categorical:
@@ -391,7 +391,7 @@ def split_training_data(config: ModelConfig, reference: pd.DataFrame, current: p
         [np.full(len(y), -1) if f is None else f for _, _, y, _, f in parts])
     return TrainingData(x_train=stacked_model_frame([(frame, rows) for frame, rows, _, _, _ in parts], config),
                         y_train=y_train, weights=weights,
-                        eval_frame=split.iloc[holdout_rows].reset_index(drop=True), y_eval=y_split[holdout_rows],
+                        eval_frame=take_rows(split, holdout_rows), y_eval=y_split[holdout_rows],
                         eval_source=source, classes=classes, eval_folds=folds, train_folds=train_folds)
 
 
