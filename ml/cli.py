@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, step in STEP_COMMANDS.items():
-        p = sub.add_parser(name, help=f"run the '{step}' step")
+        p = sub.add_parser(name, help="render Evidently's HTML report of the run's drift (after drift; decides "
+                                      "nothing)" if step == "drift_report" else f"run the '{step}' step")
         _common(p)
         if step == "decide":
             p.add_argument("--force-retrain", action="store_true")

@@ -55,7 +55,9 @@ def _register(config, frame: pd.DataFrame, labels: pd.Series) -> str:
 def versions(module_ct_home, tmp_path_factory):
     """config, {weak, good, bad} versions: labels permuted (no skill), the true labels, all labels flipped."""
     path = write_config(tmp_path_factory.mktemp("config"),
-                        deploy={"canary": {"fraction": 0.5, "min_samples": 150, "bootstrap_rounds": 300}})
+                        # routed by a feature, not the random prediction id: the same split, the same verdicts
+                        deploy={"canary": {"fraction": 0.5, "min_samples": 150, "bootstrap_rounds": 300,
+                                           "key": "salary"}})
     config = load_config(path)
     reference = pd.read_csv(DATA / "reference.csv")
     y = reference[config.target]
