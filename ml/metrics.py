@@ -2,6 +2,11 @@
 
 Every metric takes (y_true as class indices, proba as an [n, k] array, threshold) so gates, the
 performance check and training report the same numbers. `HIGHER_IS_BETTER` says which way is good.
+
+Most are scikit-learn's. The binary ROC AUC and the confusion-matrix metrics are computed here, by the weighted
+forms the gates' bootstrap uses (`weighted_scorer`) with every row's weight 1, in exact integer sums: the same
+values as scikit-learn's (tests/ml/test_metrics.py), and a step that scores a champion (performance) does not
+import scikit-learn for them, which with the scipy.stats it pulls in is about a second of that step's start-up.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ if TYPE_CHECKING:
 
 HIGHER_IS_BETTER = {"roc_auc": True, "accuracy": True, "balanced_accuracy": True, "f1": True,
                     "precision": True, "recall": True, "log_loss": False, "average_precision": True}
+#: binary metrics `score` computes with `weighted_scorer` (unit weights) instead of scikit-learn
+OWN_BINARY = frozenset({"roc_auc", "accuracy", "balanced_accuracy", "f1", "precision", "recall"})
 
 
 def predict_labels(proba: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -29,10 +36,14 @@ def predict_labels(proba: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 def score(name: str, y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> float:
     """One metric; NaN when it is undefined on this sample (e.g. AUC with a single class)."""
     import numpy as np
-    from sklearn import metrics as m
 
     if name not in HIGHER_IS_BETTER:
         raise ValueError(f"unknown metric '{name}'; available: {sorted(HIGHER_IS_BETTER)}")
+    own = weighted_scorer(name, y_true, proba, threshold) if name in OWN_BINARY and len(y_true) else None
+    if own is not None:  # binary: every row weighs 1
+        return own(np.ones(len(y_true), dtype=np.int64))
+    from sklearn import metrics as m
+
     binary = proba.shape[1] == 2
     n_classes = len(np.unique(y_true))
     if name == "roc_auc":
