@@ -4,12 +4,13 @@ or a pod runs it), where nearly all of the time is starting Python, importing an
     .venv/bin/python -m benchmarks.startup_bench [--rounds 5] [--baseline PATH] [--out FILE]
 
 A private CT_HOME (local SQLite MLflow store, as `make demo`) gets a champion first (`python -m ml run` on the
-demo data, its server stopped); then each round runs validate-data, drift, drift-report, performance, decide and
-record of a new run on the covariate-drift window, timing each command's wall clock. With `--baseline PATH`
-(another checkout of this repository, e.g. a `git worktree` of an older commit, run with this interpreter) the
-two are timed in interleaved rounds, each with its own CT_HOME, so the machine's load hits both alike; a step the
-baseline does not have is shown as "-". Then `python -X importtime` of one `decide` per checkout, summed by
-top-level package: where the start-up goes. Prints tables (medians) and writes JSON.
+demo data; its server keeps running, as validate-data would restore it, and is stopped at the end); then each
+round runs validate-data, drift, drift-report, performance, decide and record of a new run on the covariate-drift
+window, timing each command's wall clock. With `--baseline PATH` (another checkout of this repository, e.g. a `git
+worktree` of an older commit, run with this interpreter) the two are timed in interleaved rounds, each with its
+own CT_HOME, so the machine's load hits both alike; a step the baseline does not have is shown as "-". Then
+`python -X importtime` of one `decide` per checkout, summed by top-level package: where the start-up goes. Prints
+tables (medians) and writes JSON.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class Checkout:
 
     def bootstrap(self) -> None:
         self.ml("run", "--run-key", "bootstrap")
-        subprocess.run([sys.executable, "-c", "import sys; from ml.deploy.local import stop_server; "
+
+    def stop_serving(self) -> None:
+        """The champion's server: `ml run` started it, and each validate-data restores it if it is gone."""
+        subprocess.run([sys.executable, "-c", "from ml.deploy.local import stop_server; "
                         "stop_server('employee-attrition')"], env=self.env, cwd=self.repo, capture_output=True)
 
     def round(self, key: str) -> None:
@@ -104,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         checkouts = [Checkout("ours", REPO, Path(tmp))]
         if args.baseline:
             checkouts.insert(0, Checkout("baseline", args.baseline.resolve(), Path(tmp)))
-        for checkout in checkouts:
-            checkout.bootstrap()
-        for i in range(args.rounds):
+        try:
             for checkout in checkouts:
-                checkout.round(f"round-{i}")
-        imports = {c.name: c.imports(f"round-{args.rounds - 1}") for c in checkouts}
+                checkout.bootstrap()
+            for i in range(args.rounds):
+                for checkout in checkouts:
+                    checkout.round(f"round-{i}")
+            imports = {c.name: c.imports(f"round-{args.rounds - 1}") for c in checkouts}
+        finally:
+            for checkout in checkouts:
+                checkout.stop_serving()
     medians = {c.name: {s: round(statistics.median(t), 2) for s, t in c.times.items() if t} for c in checkouts}
     names = [c.name for c in checkouts]
     print(f"\nload average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; {args.rounds} rounds, "

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ml.data import class_labels, encode_target, labelled, model_frame, stacked_model_frame, take_rows
 from ml.errors import TrainingError
+from ml.estimate import Calibration
 from ml.result import Result
 
 if TYPE_CHECKING:
@@ -154,6 +155,9 @@ class TrainResult(Result):
     params: dict[str, Any] = field(default_factory=dict)
     #: model.estimator auto: every candidate, its cross-validated score, time and fate
     search: SearchReport | None = None
+    #: the isotonic map from its probability to the observed frequency on the holdout (binary models), which the
+    #: register step tags the version with for the label-free estimate of later runs (ml.estimate)
+    calibration: Calibration | None = None
 
 
 #: The holdout the gates judge on and the deploy smoke-tests with, as the train step stores it in the run.

@@ -27,6 +27,7 @@ def train(run: StepRun) -> TrainResult:
     """Fit the challenger, export it to ONNX and log it (and its holdout) to the run."""
     from ml.challenger import fit_best_of
     from ml.data import model_frame
+    from ml.estimate import fit_calibration
     from ml.export import OnnxModel, to_onnx
     from ml.registry import version_for_run
     from ml.tracking import download_model
@@ -51,16 +52,17 @@ def train(run: StepRun) -> TrainResult:
     if challenger.search is not None:
         log_search(ctx.client, ctx.mlflow_run_id, challenger.search)
     model = OnnxModel.load(download_model(info.model_uri, ctx.work_dir / "challenger"))
+    holdout = challenger.holdout
     holdout_path = ctx.work_dir / HOLDOUT_ARTIFACT
-    challenger.holdout.write(holdout_path)
+    holdout.write(holdout_path)
     ctx.log_artifact(holdout_path, str(holdout_path.parent.relative_to(ctx.work_dir)))
     return TrainResult(model_id=info.model_id, model_uri=info.model_uri, onnx_sha256=model.sha256,
                        onnx_size_bytes=model.size_bytes, estimator=challenger.estimator,
                        train_rows=len(challenger.data.x_train), eval_rows=len(challenger.data.eval_frame),
                        eval_source=challenger.data.eval_source, eval_folds=challenger.data.folds,
                        metrics=challenger.metrics, classes=challenger.data.classes, window=challenger.window,
-                       candidates=challenger.candidates,
-                       params=challenger.params, search=challenger.search)
+                       candidates=challenger.candidates, params=challenger.params, search=challenger.search,
+                       calibration=fit_calibration(holdout.y, holdout.judged(holdout.sklearn_proba)))
 
 
 def _training_windows(run: StepRun) -> tuple[dict[str, TrainingData], list[Any]]:
@@ -149,7 +151,7 @@ def _champion_decayed(run: StepRun) -> bool:
 def register(run: StepRun) -> Registration:
     """Register the gated challenger (once per run) with lineage tags; move `challenger` to it."""
     from ml.config import config_sha256
-    from ml.estimate import calibration_tag, fit_calibration
+    from ml.estimate import calibration_tag
     from ml.explain import version_description
     from ml.registry import CHALLENGER, CONFIG_SHA_TAG, Registration, move_alias, register_version, version_tags
     from ml.tracking import code_version
@@ -168,9 +170,7 @@ def register(run: StepRun) -> Registration:
     description = version_description(run_key=ctx.run_key, mlflow_run_id=ctx.mlflow_run_id, decision=decision,
                                       report=report, validation=validation, trained=trained, drift=drift,
                                       config_file=config.source, config_sha256=config_sha)
-    # the label-free estimate of later runs (ml.estimate) reads this version's calibration
-    holdout = Holdout.read(ctx.artifact(HOLDOUT_ARTIFACT))
-    tags |= calibration_tag(fit_calibration(holdout.y, holdout.judged(holdout.sklearn_proba)))
+    tags |= calibration_tag(trained.calibration)  # what the label-free estimate of later runs reads (ml.estimate)
     version, created = register_version(ctx.client, config.name, trained.model_uri, trained.model_id,
                                         ctx.mlflow_run_id, tags, description=description)
     move = move_alias(ctx.client, config.name, CHALLENGER, str(version.version),

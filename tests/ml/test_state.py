@@ -13,6 +13,7 @@ from ml.deploy import DeployResult
 from ml.drift import DriftResult, FeatureDrift
 from ml.drift.report import DriftReport
 from ml.errors import ContractError, DeployError, GatesFailed, RegistryError, StateError, StepFailed
+from ml.estimate import Calibration
 from ml.gates import GateReport, GateResult
 from ml.registry import AliasMove, Approval, Promotion, Registration
 from ml.state import RESULT_TYPES, RunState, Step, StepError, StepRecord, Validation, step_error
@@ -34,7 +35,8 @@ EXAMPLES = {
     Step.DECIDE: Decision("retrain", "drift", ["data_drift"], force_retrain=False),
     Step.TRAIN: TrainResult(model_id="m-1", model_uri="models:/m-1", onnx_sha256="c" * 64, onnx_size_bytes=10,
                             estimator="logistic_regression", train_rows=90, eval_rows=30, eval_source="current",
-                            metrics={"roc_auc": 0.81}, classes=["0", "1"], window="all", candidates={"all": 0.81}),
+                            metrics={"roc_auc": 0.81}, classes=["0", "1"], window="all", candidates={"all": 0.81},
+                            calibration=Calibration(x=[0.1, 0.9], y=[0.05, 0.95])),
     Step.GATES: GateReport({"min_roc_auc": GateResult(True, 0.81, 0.7, "ok"),
                             "size": GateResult(False, 60.0, 50.0, "too big")}, champion_version="1"),
     Step.REGISTER: Registration(version="2", created=True, challenger_alias=MOVE),
