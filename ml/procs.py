@@ -20,9 +20,22 @@ def _reap(pid: int) -> bool:
     return done != 0
 
 
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has exited and only waits for its parent to collect it (Linux: state Z in /proc/<pid>/stat;
+    elsewhere unknown: False)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except OSError:
+        return False
+    return fields[fields.rfind(b")") + 2:][:1] == b"Z"  # the state follows the command name, which may hold ')'
+
+
 def alive(pid: int) -> bool:
-    """True while process `pid` exists. An exited child of ours (a zombie) is reaped and counts as gone;
-    a process of another user counts as alive (we may not signal it, but it runs)."""
+    """True while process `pid` runs. An exited child of ours (a zombie) is reaped and counts as gone, and so
+    does another process's zombie: a server a finished CLI command started is reparented, and until PID 1 collects
+    it (at once under systemd, seconds later under some container inits, never under a bare one) it has already
+    stopped. A process of another user counts as alive (we may not signal it, but it runs)."""
     if pid <= 0:
         return False
     try:
@@ -31,7 +44,7 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return not _reap(pid)
+    return not _reap(pid) and not _zombie(pid)
 
 
 def group_alive(pgid: int) -> bool:
