@@ -241,7 +241,6 @@ def _rollback(config: Any, reason: str, version: str | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from ml import startup
 
-    startup.begin()  # until MLflow is imported (ml.tracking.mlflow_client), or the command's work begins
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # hand over to the server's own CLI, flags untouched
         os.execv(sys.executable, [sys.executable, "-m", "ml.serving", *argv[1:]])
@@ -250,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "evidently", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    startup.begin()  # until MLflow is imported (ml.tracking.mlflow_client), or the command's work begins
     try:
         with _json_stdout():
             return _dispatch(args)
@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("unexpected error")
         sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
         return 3
+    finally:
+        startup.end()  # a command that failed before MLflow (a bad config) leaves collection on, in-process too
 
 
 def entrypoint() -> None:

@@ -59,3 +59,24 @@ def test_an_operator_that_cannot_open_its_run_leaves_collection_on(monkeypatch, 
     with pytest.raises(ConnectionError):
         operator.run_context()
     assert gc.isenabled()
+
+
+def test_only_the_first_start_up_of_a_process_pauses_and_freezes():
+    """A process that runs task after task freezes once: what later tasks leave is collected as usual."""
+    script = ("import gc\nfrom ml import startup\n"
+              "startup.begin(); paused = not gc.isenabled(); startup.end(); frozen = gc.get_freeze_count()\n"
+              "startup.begin(); again = not gc.isenabled(); startup.end()\n"
+              "print(paused, again, gc.isenabled(), gc.get_freeze_count() == frozen > 0)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.stdout.split() == ["True", "False", "True", "True"], done.stderr
+
+
+def test_a_command_that_fails_before_mlflow_leaves_collection_on(tmp_path):
+    """`main` called in-process (the Databricks wheel's entry point) with a bad config: an error, collection on."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    script = ("import gc, sys\nfrom ml.cli import main\n"
+              "code = main(['validate-data', '--config', sys.argv[1]])\nprint(code, gc.isenabled())")
+    done = subprocess.run([sys.executable, "-c", script, str(bad)], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert done.stdout.split() == ["2", "True"], done.stderr
