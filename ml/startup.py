@@ -8,7 +8,8 @@ automatic collection off when it starts (`begin`) and switches it back on once M
 built (`end`, called by ml.tracking.mlflow_client; a command that works without MLflow calls it before its work, and
 the CLI on its way out whatever happened), after `gc.freeze()` has moved everything imported so far into the
 permanent generation, which later collections skip. Garbage made meanwhile is kept until then, no longer; start-up
-makes little. `end` is a no-op in a process that never called `begin` (an Airflow task, a test, the model server).
+makes little. An Airflow task does the same around its first imports (ct_airflow's PipelineOperator.run_context);
+`end` is a no-op in a process that never called `begin` (a test, the model server).
 """
 
 from __future__ import annotations
