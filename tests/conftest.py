@@ -39,6 +39,13 @@ def _no_airflow_task_context(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key)
 
 
+def fresh_python(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`script` (with `args` as sys.argv[1:]) in a new interpreter started in the repository: what a fresh
+    process imports and does, apart from this test process's state."""
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,15 +5,13 @@ scikit-learn."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sklearn import metrics as m
 
 from ml.metrics import OWN_BINARY, score
-from tests.conftest import REPO
+from tests.conftest import fresh_python
 
 SKLEARN = {"roc_auc": lambda y, p, t: m.roc_auc_score(y, p),
            "accuracy": lambda y, p, t: m.accuracy_score(y, p >= t),
@@ -55,6 +53,6 @@ def test_scoring_a_binary_champion_imports_no_scikit_learn():
               "p = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6]], dtype=np.float32)\n"
               "print([round(score(n, np.array([0, 1, 0]), p), 6) for n in sorted(OWN_BINARY)], "
               "'sklearn' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = fresh_python(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("False")

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import fresh_python
 
 _SPY = """
 import gc, json, sys
@@ -32,8 +30,7 @@ sys.stderr.write("SEEN " + json.dumps({**seen, "code": code}) + "\\n")
 
 
 def test_a_cli_step_imports_without_collection_and_works_with_it(ct_home, config_path):
-    done = subprocess.run([sys.executable, "-c", _SPY, str(config_path)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    done = fresh_python(_SPY, str(config_path), timeout=120)
     seen = json.loads(next(line[5:] for line in done.stderr.splitlines() if line.startswith("SEEN ")))
     assert seen["code"] == 0 and seen["at_start"] is True
     # the step runs with collection on, MLflow imported and frozen into the permanent generation
@@ -67,7 +64,7 @@ def test_only_the_first_start_up_of_a_process_pauses_and_freezes():
               "startup.begin(); paused = not gc.isenabled(); startup.end(); frozen = gc.get_freeze_count()\n"
               "startup.begin(); again = not gc.isenabled(); startup.end()\n"
               "print(paused, again, gc.isenabled(), gc.get_freeze_count() == frozen > 0)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = fresh_python(script)
     assert done.stdout.split() == ["True", "False", "True", "True"], done.stderr
 
 
@@ -77,6 +74,5 @@ def test_a_command_that_fails_before_mlflow_leaves_collection_on(tmp_path):
     bad.write_text("name: x\n")
     script = ("import gc, sys\nfrom ml.cli import main\n"
               "code = main(['validate-data', '--config', sys.argv[1]])\nprint(code, gc.isenabled())")
-    done = subprocess.run([sys.executable, "-c", script, str(bad)], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
+    done = fresh_python(script, str(bad))
     assert done.stdout.split() == ["2", "True"], done.stderr

@@ -12,7 +12,7 @@ from ml.drift import detect_drift
 from ml.drift.profile import ReferenceProfile
 from ml.drift.report import render_report
 from ml.drift.report_worker import ReportWorker, beside
-from tests.conftest import DATA, DEMO_CONFIG
+from tests.conftest import DATA, DEMO_CONFIG, fresh_python
 from tests.ml.drift.test_drift_contract import frames
 
 
@@ -96,15 +96,9 @@ if sys.argv[2] == "use":
 def test_a_worker_started_early_is_the_report_steps_or_killed_at_exit(tmp_path, use):
     """`start_early` (python -m ml run, airflow dags test) leaves the worker for the drift report step of the same
     model; one that no report step took is gone once the process has exited."""
-    import subprocess
-    import sys
-
     import psutil
 
-    from tests.conftest import REPO
-
-    done = subprocess.run([sys.executable, "-c", _EARLY_SCRIPT, str(DEMO_CONFIG), use], capture_output=True,
-                          text=True, cwd=REPO, timeout=120)
+    done = fresh_python(_EARLY_SCRIPT, str(DEMO_CONFIG), use, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     pid = int(done.stdout.split()[0])
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -113,15 +107,10 @@ def test_a_worker_started_early_is_the_report_steps_or_killed_at_exit(tmp_path, 
 def test_the_worker_is_started_only_where_it_pays_off():
     """This test process has imported MLflow (as every task of `airflow dags test` has): no worker; a fresh
     process has not."""
-    import subprocess
-    import sys
-
     import mlflow  # noqa: F401
 
     from ml.drift.report_worker import pays_off
-    from tests.conftest import REPO
 
     assert pays_off() is False
-    fresh = subprocess.run([sys.executable, "-c", "from ml.drift.report_worker import pays_off; print(pays_off())"],
-                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    fresh = fresh_python("from ml.drift.report_worker import pays_off; print(pays_off())")
     assert fresh.stdout.strip() == "True", fresh.stderr
