@@ -53,10 +53,14 @@ def prepare(folder: Path, rows: int) -> Path:
                     "generate('reference', int(sys.argv[2]), 42).to_parquet(sys.argv[1] + '/reference.parquet', "
                     "index=False); generate('covariate_drift', int(sys.argv[2]), 43).to_parquet(sys.argv[1] + "
                     "'/current.parquet', index=False)", str(folder), str(rows)], cwd=REPO, check=True)
+    return demo_config(folder / "model.yaml", folder / "reference.parquet", folder / "current.parquet")
+
+
+def demo_config(path: Path, reference: Path, current: Path) -> Path:
+    """The demo model's config at `path`, reading these windows and serving on a free loopback port."""
     raw = yaml.safe_load((REPO / "configs" / "employee-attrition.yaml").read_text())
-    raw["data"] = {"reference": str(folder / "reference.parquet"), "current": str(folder / "current.parquet")}
+    raw["data"] = {"reference": str(reference), "current": str(current)}
     raw["deploy"] = {**raw["deploy"], "port": free_port()}
-    path = folder / "model.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 

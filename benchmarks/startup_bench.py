@@ -25,18 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from benchmarks.run_bench import REPO, demo_config
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = ("validate-data", "drift", "drift-report", "performance", "decide", "record")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Checkout:
@@ -45,12 +36,9 @@ class Checkout:
     def __init__(self, name: str, repo: Path, scratch: Path) -> None:
         self.name, self.repo = name, repo
         self.home = scratch / f"ct-{name}"
-        raw = yaml.safe_load((REPO / "configs" / "employee-attrition.yaml").read_text())
         data = REPO / "data" / "attrition"
-        raw["data"] = {"reference": str(data / "reference.csv"), "current": str(data / "current_covariate_drift.csv")}
-        raw["deploy"] = {**raw["deploy"], "port": free_port()}
-        self.config = scratch / f"{name}.yaml"
-        self.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+        self.config = demo_config(scratch / f"{name}.yaml", data / "reference.csv",
+                                  data / "current_covariate_drift.csv")
         self.env = {**os.environ, "CT_HOME": str(self.home), "PYTHONPATH": f"{repo}:{repo / 'plugins'}"}
         self.env.pop("MLFLOW_TRACKING_URI", None)
         self.times: dict[str, list[float]] = {step: [] for step in STEPS}
